@@ -1,0 +1,1 @@
+"""attention-cnn in PyTorch: the attention layer, the conv <-> attention converter, models, data, trainer."""

@@ -1,0 +1,8 @@
+"""The attention layer and its parts: encodings (scores), geometry (which tokens), mixing (how applied)."""
+
+from .encodings import ENCODINGS, GeneralizedEncoding, LearnedEncoding, QuadraticEncoding, check_alpha
+from .geometry import PADDING_MODES, Axis, Geometry
+from .layer import RelativeSelfAttention
+
+__all__ = ["ENCODINGS", "PADDING_MODES", "Axis", "Geometry", "GeneralizedEncoding", "LearnedEncoding",
+           "QuadraticEncoding", "RelativeSelfAttention", "check_alpha"]

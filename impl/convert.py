@@ -1,0 +1,224 @@
+"""Convolution <-> attention: the constructive proof of Theorem 1 as a converter.
+
+`conv_to_attention(conv)` builds a `RelativeSelfAttention` with one isotropic quadratic head per kernel tap
+(Lemma 1 + the quadratic encoding), the convolution's padding as padded tokens, its stride as a query
+lattice and its dilation as spread-out centres. At alpha = inf the heads attend one-hot and the layer equals
+the convolution up to rounding; at finite alpha it is within `spec.bounds.output_error_bound`.
+`attention_to_conv(attn)` reads a convolution back from a layer whose heads are (near) one-hot.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .attention import Axis, Geometry, QuadraticEncoding, RelativeSelfAttention, check_alpha
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+# -- geometry of a convolution ----------------------------------------------------------------------
+def kernel_anchor(kernel: int, dilation: int) -> int:
+    """Offset, inside the dilated window, of the tap a query sits on: the centre, rounded down."""
+    return dilation * ((kernel - 1) // 2)
+
+
+def kernel_shifts(kernel: int, dilation: int) -> list[int]:
+    """Key - query offsets of the taps along one axis."""
+    anchor = kernel_anchor(kernel, dilation)
+    return [a * dilation - anchor for a in range(kernel)]
+
+
+def conv_padding(conv: nn.modules.conv._ConvNd) -> list[tuple[int, int]]:
+    """(before, after) padding per spatial axis, resolving 'same' and 'valid' as torch does."""
+    if conv.padding == "valid":
+        return [(0, 0)] * len(conv.kernel_size)
+    if conv.padding == "same":
+        totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        return [(t // 2, t - t // 2) for t in totals]
+    return [(p, p) for p in conv.padding]
+
+
+def conv_geometry(conv: nn.modules.conv._ConvNd) -> Geometry:
+    axes = []
+    for (before, after), k, s, d in zip(conv_padding(conv), conv.kernel_size, conv.stride, conv.dilation):
+        anchor = kernel_anchor(k, d)
+        axes.append(Axis(pad_before=before, pad_after=after, stride=s,
+                         margin_before=anchor, margin_after=d * (k - 1) - anchor))
+    return Geometry(tuple(axes), padding_mode=conv.padding_mode)
+
+
+# -- conv -> attention --------------------------------------------------------------------------------
+def check_conv(conv) -> None:
+    if isinstance(conv, nn.modules.conv._ConvTransposeNd):
+        raise TypeError(f"conv must be nn.Conv1d, nn.Conv2d or nn.Conv3d; transposed convolutions "
+                        f"({type(conv).__name__}) are not supported")
+    if not isinstance(conv, CONV_TYPES):
+        raise TypeError(f"conv must be nn.Conv1d, nn.Conv2d or nn.Conv3d, got {type(conv).__name__}")
+    if isinstance(conv.weight, nn.parameter.UninitializedParameter):
+        raise ValueError("conv is a lazy convolution that has not seen an input yet: run it once first")
+
+
+def conv_to_attention(conv: nn.modules.conv._ConvNd, alpha: float = math.inf) -> RelativeSelfAttention:
+    """The attention layer equal to `conv` (alpha = inf) or within the spec's bound of it (finite alpha).
+
+    One quadratic head per kernel tap, centred on the tap's shift; the merge weight holds the kernel slice
+    of each tap (zero across groups); the bias is the conv's. Same dtype, device and requires_grad.
+    """
+    check_conv(conv)
+    alpha = check_alpha(alpha)
+    spatial_dims = len(conv.kernel_size)
+    taps = list(itertools.product(*(range(k) for k in conv.kernel_size)))
+    layer = RelativeSelfAttention(conv.in_channels, heads=len(taps), out_dim=conv.out_channels,
+                                  encoding="quadratic", spatial_dims=spatial_dims, alpha=alpha,
+                                  bias=conv.bias is not None, geometry=conv_geometry(conv))
+    layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    shifts = [kernel_shifts(k, d) for k, d in zip(conv.kernel_size, conv.dilation)]
+    with torch.no_grad():
+        centre = torch.tensor([[shifts[axis][a] for axis, a in enumerate(tap)] for tap in taps],
+                              dtype=conv.weight.dtype, device=conv.weight.device)
+        layer.encoding.centre.copy_(centre)
+        layer.merge.weight.copy_(merge_weight(conv.weight, taps, conv.groups))
+        if conv.bias is not None:
+            layer.merge.bias.copy_(conv.bias)
+    layer.requires_grad_(conv.weight.requires_grad)
+    return layer
+
+
+def merge_weight(weight: torch.Tensor, taps: Sequence[tuple[int, ...]], groups: int) -> torch.Tensor:
+    """(out, heads * in) merge matrix: head h's block is the kernel slice at tap h, block-diagonal by group."""
+    out_channels, in_per_group = weight.shape[:2]
+    out_per_group = out_channels // groups
+    merged = weight.new_zeros(out_channels, len(taps), groups * in_per_group)
+    for h, tap in enumerate(taps):
+        for g in range(groups):
+            rows = slice(g * out_per_group, (g + 1) * out_per_group)
+            cols = slice(g * in_per_group, (g + 1) * in_per_group)
+            merged[rows, h, cols] = weight[(rows, slice(None), *tap)]
+    return merged.reshape(out_channels, -1)
+
+
+# -- attention -> conv --------------------------------------------------------------------------------
+def distance_from_one_hot(encoding: QuadraticEncoding) -> torch.Tensor:
+    """Per head, 1 - p at the key nearest its centre, in the worst case (an unbounded grid of keys).
+
+    Fewer keys (a border) only concentrate the softmax, so this bounds every query of every image.
+    """
+    if encoding.hard:
+        return torch.zeros(encoding.heads, dtype=torch.float64)
+    centre = encoding.centre.detach().double().cpu()
+    alpha = encoding.alpha.detach().double().cpu()
+    reach = int(min(10_000, math.ceil(math.sqrt(60 / max(float(alpha.min()), 1e-12))) + 2))
+    keys = torch.arange(-reach, reach + 1, dtype=torch.float64)
+    nearest = centre.round()
+    p = torch.ones(encoding.heads, dtype=torch.float64)
+    for axis in range(encoding.spatial_dims):
+        grid = nearest[:, axis, None] + keys  # keys around the nearest integer, per head
+        logits = -alpha[:, None] * (grid - centre[:, axis, None]).square()
+        p = p * logits.softmax(-1)[:, reach]
+    return 1 - p
+
+
+def attention_to_conv(attn: RelativeSelfAttention, tol: float = 1e-6) -> nn.modules.conv._ConvNd:
+    """The convolution a layer of (near) one-hot quadratic heads computes.
+
+    Exact for hard-limit heads. Finite-alpha heads must each be within `tol` of one-hot (1 - p at the
+    nearest key, worst case over queries); their centres are rounded to the nearest integer shift.
+    """
+    if not isinstance(attn, RelativeSelfAttention):
+        raise TypeError(f"attn must be a RelativeSelfAttention, got {type(attn).__name__}")
+    if not isinstance(attn.encoding, QuadraticEncoding) or attn.content:
+        raise ValueError(f"attn must have quadratic heads and no content scores to be a convolution, got "
+                         f"encoding={attn.encoding_name}, content={attn.content}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
+        raise ValueError(f"tol must be a float in [0, 1), got {tol!r}")
+    distance = distance_from_one_hot(attn.encoding)
+    for h, d in enumerate(distance.tolist()):
+        if d > tol:
+            raise ValueError(f"head {h} is {d:.3g} from one-hot (1 - p at its nearest key), more than "
+                             f"tol={tol}: centre={attn.encoding.centre[h].tolist()}, "
+                             f"alpha={float(attn.encoding.alpha[h]):.4g}")
+    geometry = attn.geometry
+    shifts = attn.encoding.centre.detach().round().abs()
+    if geometry.is_identity and bool(shifts.any()):
+        # Plain self-attention: a shift leaving the image lands on the border key (the limit of the
+        # softmax over the keys present), which is replicate padding.
+        reach = [int(shifts[:, axis].max()) for axis in range(attn.spatial_dims)]
+        geometry = Geometry(tuple(Axis(pad_before=r, pad_after=r, margin_before=r, margin_after=r)
+                                  for r in reach), padding_mode="replicate")
+    return _conv_from_heads(attn, geometry)
+
+
+def _conv_from_heads(attn: RelativeSelfAttention, geometry: Geometry) -> nn.modules.conv._ConvNd:
+    shifts = attn.encoding.centre.detach().round().long().cpu()  # (heads, n)
+    kernel, dilation = [], []
+    for axis, ax in enumerate(geometry.axes):
+        extent = ax.margin_before + ax.margin_after
+        taps = (shifts[:, axis] + ax.margin_before).tolist()
+        if min(taps) < 0 or max(taps) > extent:
+            h = next(i for i, t in enumerate(taps) if t < 0 or t > extent)
+            raise ValueError(f"head {h}'s shift {shifts[h].tolist()} leaves the window "
+                             f"[-{ax.margin_before}, {ax.margin_after}] that the layer's geometry gives axis "
+                             f"{axis}: no convolution with this padding and stride computes it")
+        d = _dilation(extent, ax.margin_before, taps)
+        kernel.append(extent // d + 1)
+        dilation.append(d)
+    groups = _groups(attn.merge.weight.detach(), attn.heads, attn.dim)
+    pads = [(ax.pad_before, ax.pad_after) for ax in geometry.axes]
+    same = [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)]
+    if all(b == a for b, a in pads):
+        padding = tuple(b for b, _ in pads)
+    elif pads == same and all(ax.stride == 1 for ax in geometry.axes):
+        padding = "same"
+    else:
+        raise ValueError(f"the layer's padding {pads} is asymmetric and not 'same': no torch convolution has it")
+    conv_type = CONV_TYPES[attn.spatial_dims - 1]
+    conv = conv_type(attn.dim, attn.out_dim, tuple(kernel), stride=tuple(ax.stride for ax in geometry.axes),
+                     padding=padding, dilation=tuple(dilation), groups=groups,
+                     bias=attn.merge.bias is not None, padding_mode=geometry.padding_mode)
+    weight = attn.merge.weight.detach()
+    conv.to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        conv.weight.zero_()
+        blocks = weight.reshape(attn.out_dim, attn.heads, attn.dim)
+        out_per_group, in_per_group = attn.out_dim // groups, attn.dim // groups
+        for h in range(attn.heads):
+            tap = tuple(int(shifts[h, axis] + geometry.axes[axis].margin_before) // dilation[axis]
+                        for axis in range(attn.spatial_dims))
+            for g in range(groups):
+                rows = slice(g * out_per_group, (g + 1) * out_per_group)
+                cols = slice(g * in_per_group, (g + 1) * in_per_group)
+                conv.weight[(rows, slice(None), *tap)] += blocks[rows, h, cols]
+        if conv.bias is not None:
+            conv.bias.copy_(attn.merge.bias)
+    return conv
+
+
+def _dilation(extent: int, anchor: int, taps: Sequence[int]) -> int:
+    """The largest dilation whose grid of taps holds every head and puts the anchor where we put it."""
+    if extent == 0:
+        return 1
+    for d in range(extent, 0, -1):
+        if extent % d == 0 and all(t % d == 0 for t in taps) and kernel_anchor(extent // d + 1, d) == anchor:
+            return d
+    raise ValueError(f"no dilation puts the anchor at {anchor} within a window of extent {extent}")
+
+
+def _groups(weight: torch.Tensor, heads: int, in_channels: int) -> int:
+    """The largest group count for which the merge weight is zero outside its diagonal blocks."""
+    out_channels = weight.shape[0]
+    blocks = weight.reshape(out_channels, heads, in_channels)
+    for g in range(math.gcd(out_channels, in_channels), 1, -1):
+        if out_channels % g or in_channels % g:
+            continue
+        mask = torch.ones(out_channels, in_channels, dtype=torch.bool, device=weight.device)
+        op, ip = out_channels // g, in_channels // g
+        for i in range(g):
+            mask[i * op:(i + 1) * op, i * ip:(i + 1) * ip] = False
+        if not blocks[:, :, :][mask[:, None, :].expand_as(blocks)].any():
+            return g
+    return 1
