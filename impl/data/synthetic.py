@@ -1,0 +1,27 @@
+"""CIFAR-shaped noise for timing runs on any machine: torchvision's FakeData, 3x32x32, 10 classes.
+
+Image and label of item i depend only on i and the seed (FakeData seeds torch with i + offset and restores
+the global RNG afterwards); the two splits use disjoint offsets. The pipeline is CIFAR-10's (the same
+augmentation for 'train' and the same normalisation), so a timing run pays what a CIFAR-10 run pays. Labels
+are random: there is nothing to learn.
+"""
+
+from __future__ import annotations
+
+import torchvision
+
+from .cifar import transform
+
+DEFAULT_SIZE = {True: 5000, False: 1000}  # train, test
+OFFSET_STRIDE = 1_000_000                  # seeds [seed * stride, (seed + 1) * stride): train half, test half
+
+
+def load_synthetic(train: bool, *, augment: bool = False, seed: int = 0,
+                   size: int | None = None) -> torchvision.datasets.FakeData:
+    """The synthetic train or test split; items (float tensor (3, 32, 32), int label)."""
+    size = DEFAULT_SIZE[train] if size is None else size
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= OFFSET_STRIDE // 2:
+        raise ValueError(f"size must be an int in [1, {OFFSET_STRIDE // 2}], got {size!r}")
+    offset = seed * OFFSET_STRIDE + (0 if train else OFFSET_STRIDE // 2)
+    return torchvision.datasets.FakeData(size=size, image_size=(3, 32, 32), num_classes=10,
+                                         transform=transform(augment), random_offset=offset)
