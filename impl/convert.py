@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .attention import Axis, Geometry, QuadraticEncoding, RelativeSelfAttention, check_alpha
+from .attention import PADDING_MODES, Axis, Geometry, QuadraticEncoding, RelativeSelfAttention, check_alpha
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -63,6 +63,26 @@ def check_conv(conv) -> None:
         raise TypeError(f"conv must be nn.Conv1d, nn.Conv2d or nn.Conv3d, got {type(conv).__name__}")
     if isinstance(conv.weight, nn.parameter.UninitializedParameter):
         raise ValueError("conv is a lazy convolution that has not seen an input yet: run it once first")
+    # A convolution edited after construction (weight, bias or groups replaced) must still be one.
+    groups = conv.groups
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 \
+            or conv.in_channels % groups or conv.out_channels % groups:
+        raise ValueError(f"conv.groups must be a positive int dividing in_channels={conv.in_channels} and "
+                         f"out_channels={conv.out_channels}, got {groups!r}")
+    expected = (conv.out_channels, conv.in_channels // groups, *conv.kernel_size)
+    if not isinstance(conv.weight, torch.Tensor) or tuple(conv.weight.shape) != expected:
+        shape = tuple(conv.weight.shape) if isinstance(conv.weight, torch.Tensor) else type(conv.weight).__name__
+        raise ValueError(f"conv.weight must have shape (out_channels, in_channels / groups, *kernel_size) = "
+                         f"{expected}, got {shape}")
+    if not conv.weight.is_floating_point():
+        raise TypeError(f"conv.weight must be a floating-point tensor, got dtype {conv.weight.dtype}")
+    if conv.bias is not None and (not isinstance(conv.bias, torch.Tensor)
+                                  or tuple(conv.bias.shape) != (conv.out_channels,)):
+        shape = tuple(conv.bias.shape) if isinstance(conv.bias, torch.Tensor) else type(conv.bias).__name__
+        raise ValueError(f"conv.bias must be None or have shape (out_channels,) = ({conv.out_channels},), "
+                         f"got {shape}")
+    if conv.padding_mode not in PADDING_MODES:
+        raise ValueError(f"conv.padding_mode must be one of {PADDING_MODES}, got {conv.padding_mode!r}")
 
 
 def conv_to_attention(conv: nn.modules.conv._ConvNd, alpha: float = math.inf) -> RelativeSelfAttention:
@@ -125,6 +145,24 @@ def distance_from_one_hot(encoding: QuadraticEncoding) -> torch.Tensor:
     return 1 - p
 
 
+def check_layer_state(attn: RelativeSelfAttention) -> None:
+    """Raise ValueError naming `attn` when its parameters cannot describe a convolution (NaN, shapes)."""
+    encoding = attn.encoding
+    centre = encoding.centre.detach()
+    if not bool(torch.isfinite(centre).all()):
+        heads = sorted({int(h) for h in torch.nonzero(~torch.isfinite(centre))[:, 0]})
+        raise ValueError(f"attn has non-finite head centres (heads {heads}): no convolution computes it")
+    if not encoding.hard:
+        alpha = encoding.alpha.detach()
+        if not bool(torch.isfinite(alpha).all()):
+            heads = [int(h) for h in torch.nonzero(~torch.isfinite(alpha)).flatten()]
+            raise ValueError(f"attn has non-finite alpha (heads {heads}): use alpha=math.inf for the hard limit")
+    expected = (attn.out_dim, attn.heads * attn.dim)
+    if tuple(attn.merge.weight.shape) != expected:
+        raise ValueError(f"attn.merge.weight must have shape (out_dim, heads * dim) = {expected}, "
+                         f"got {tuple(attn.merge.weight.shape)}")
+
+
 def attention_to_conv(attn: RelativeSelfAttention, tol: float = 1e-6) -> nn.modules.conv._ConvNd:
     """The convolution a layer of (near) one-hot quadratic heads computes.
 
@@ -138,6 +176,7 @@ def attention_to_conv(attn: RelativeSelfAttention, tol: float = 1e-6) -> nn.modu
                          f"encoding={attn.encoding_name}, content={attn.content}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
         raise ValueError(f"tol must be a float in [0, 1), got {tol!r}")
+    check_layer_state(attn)
     distance = distance_from_one_hot(attn.encoding)
     for h, d in enumerate(distance.tolist()):
         if d > tol:
@@ -264,7 +303,12 @@ def convert_model(model: nn.Module, alpha: float = math.inf, *, verbose: bool = 
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(model, CONV_TYPES):
+        raise TypeError(f"model must contain convolutions, not be one (got {type(model).__name__}): "
+                        f"convert a single convolution with conv_to_attention(conv, alpha)")
     alpha = check_alpha(alpha)
+    if not isinstance(verbose, bool):
+        raise TypeError(f"verbose must be a bool, got {type(verbose).__name__}")
     converted = copy.deepcopy(model)
     rows = []
     # Collect first: replacing children while iterating named_modules would skip or revisit some.
@@ -293,12 +337,13 @@ def _build_named_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
         return model, (3, *size)
     import torchvision
 
-    try:
-        return torchvision.models.get_model(name, weights=None), (3, 224, 224)
-    except ValueError:
+    # Classification models only: the others (detection, segmentation, video) take other inputs, and some
+    # fetch pretrained backbone weights even with weights=None.
+    if name not in torchvision.models.list_models(module=torchvision.models):
         known = ", ".join(models.list_models())
         raise ValueError(f"--model must be one of ours ({known}) or a torchvision classification model "
-                         f"name, got {name!r}") from None
+                         f"name, got {name!r}")
+    return torchvision.models.get_model(name, weights=None), (3, 224, 224)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
