@@ -1,0 +1,32 @@
+"""`python -m verify [--profile ci|thorough] [--json PATH]`: run verify/ and print the report.
+
+Exit status 0 when every statement is verified (sympy proof + numeric checks), 1 otherwise, 2 on bad
+arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m verify",
+        description="Check every spec statement symbolically (sympy) and numerically (hypothesis over "
+                    "generated convolutions and layers), then print one row per statement.")
+    parser.add_argument("--profile", choices=("ci", "thorough"), default="ci",
+                        help="hypothesis profile: ci (derandomized, ~1-2 min) or thorough (10x examples)")
+    parser.add_argument("--json", metavar="PATH",
+                        help="also write {verified, statements: [{id, reference, statement, symbolic, "
+                             "examples, worst_error, bound, verified}]} to PATH")
+    parser.add_argument("-k", metavar="EXPRESSION", help="only run tests matching this pytest -k expression")
+    args = parser.parse_args(argv)
+    from verify import report
+
+    extra = ("-k", args.k) if args.k else ()
+    return report.run(args.profile, args.json, extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""conv3d: the construction in three dimensions.
+
+Statement (new): "Conv3d: N_h = K^3 heads, D_p = 4; the quadratic identity holds for n = 3, the softmax
+over a 3x3x3 window tends to one-hot, and Lemma 1 holds for 3D kernels."
+
+Numerically: every nn.Conv3d of the (small) generated space converts to a layer with prod(kernel)
+heads and D_p = 4 parameters per head (centre + width) whose hard limit gives the conv's output and
+gradients within the rounding of both computations.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import spec
+from impl.convert import conv_to_attention
+from verify import checks, strategies
+from verify.assertions import assert_all_within
+from verify.cases import ConvCase
+from verify.profiles import examples
+from verify.tolerances import hard_limit_tolerance
+
+
+@pytest.mark.statement("conv3d")
+@examples(1)
+@given(case=strategies.conv_cases(dims=st.just(3)), alpha=strategies.alphas())
+def test_conv3d_hard_limit(case: ConvCase, alpha: float):
+    conv, x = case.build()
+    hard, soft = conv_to_attention(conv), conv_to_attention(conv, alpha)
+    per_head = sum(p.numel() for p in soft.encoding.parameters()) / soft.heads
+    with torch.no_grad():
+        error = (hard(x).double() - conv(x).double()).abs() if hard(x).shape == conv(x).shape \
+            else torch.tensor(float("inf"))
+    assert_all_within("conv3d", [
+        ("|heads - prod(kernel)|", abs(hard.heads - spec.heads_for_kernel(conv.kernel_size)), 0),
+        ("|parameters per head - D_p|", abs(per_head - spec.encoding_dim(3)), 0),
+        ("max|attn - conv|", error, hard_limit_tolerance(conv, x)),
+    ], case.describe(), case.reproduce("print((conv_to_attention(conv)(x) - conv(x)).abs().max())"))
+
+
+@pytest.mark.statement("conv3d")
+@examples(0.5)
+@given(case=strategies.conv_cases(dims=st.just(3)), data=st.data())
+def test_conv3d_gradients(case: ConvCase, data):
+    conv, x = case.build()
+    layer = conv_to_attention(conv)
+    with torch.no_grad():
+        out_shape = conv(x).shape
+    generator = torch.Generator().manual_seed(data.draw(strategies.seeds(), label="upstream seed"))
+    upstream = torch.randn(out_shape, generator=generator, dtype=torch.float64).to(x.dtype)
+    checks.gradients("conv3d", conv, layer, x, upstream, case.describe(),
+                     case.reproduce("# gradients of sum(out * upstream), upstream ~ N(0, 1)"))

@@ -1,0 +1,217 @@
+"""fast-paths (performance): each fast path of `impl.attention.mixing` equals the layer's own dense path.
+
+The dense path is the plain formula: the dense positional probabilities (`attention_probabilities`,
+(H, Nq, Nk)), every head's average of the padded tokens, then the merge, as two einsums. Each fast path
+gets the same probabilities in the form it takes and must return the same output and, through
+autograd, the same gradients wrt the input, the merge and the encoding's parameters, within the
+rounding of two computations (`tolerances.attention_rounding` and `tolerances.gradient_tolerances`,
+once per side):
+
+- `positional_merge`, fused (`PositionalMerge`: chunked, hand-written backward; forced here to one image
+  per chunk) and left to autograd (`positional_merge_autograd`, the CUDA/autocast path), for separable
+  heads (per-axis matrices) and dense ones (generalized: one matrix on the flattened grid);
+- `shifts_as_conv` (hard heads that read a fixed shift of their query, run as a convolution) and
+  `shifts_merge` (any hard heads: one gather, one projection);
+- content layers: FlexAttention's score logic (`relative_score`, used as the score_mod on CUDA) equals
+  the dense positional logits, and eager FlexAttention (CPU, forward only) equals the SDPA path.
+
+Float64, random (not converted) layers, 1-3 dims, random geometries.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from impl.attention import mixing
+from verify import reference, strategies, tolerances
+from verify.assertions import assert_all_within
+from verify.cases import LayerCase
+from verify.profiles import examples
+
+STATEMENT = "fast-paths"
+
+
+def dense_path(layer, x: torch.Tensor) -> torch.Tensor:
+    """The layer's plain formula: attention_probabilities + einsum (positional layers)."""
+    probs = layer.attention_probabilities(tuple(x.shape[2:]), x.dtype, x.device)
+    tokens = layer.geometry.pad(x).flatten(2)
+    y = torch.einsum("hqk,bck->bhqc", probs, tokens)
+    weight = layer.merge.weight.view(layer.out_dim, layer.heads, layer.dim).to(x.dtype)
+    out = torch.einsum("ohc,bhqc->boq", weight, y)
+    if layer.merge.bias is not None:
+        out = out + layer.merge.bias.to(x.dtype)[:, None]
+    return out.reshape(*out.shape[:2], *layer.geometry.output_shape(x.shape[2:]))
+
+
+def _separable_or_dense(layer, x: torch.Tensor, fused: bool) -> torch.Tensor:
+    kind, value = layer.positional(tuple(x.shape[2:]), x.dtype, x.device)
+    xp = layer.geometry.pad(x)
+    if kind == "separable":
+        return mixing.positional_merge(xp, layer.merge.weight, layer.merge.bias, value[0], value[1:], fused=fused)
+    assert kind == "dense", kind
+    out = mixing.positional_merge(xp.flatten(2), layer.merge.weight, layer.merge.bias, value, fused=fused)
+    return out.reshape(*out.shape[:2], *layer.geometry.output_shape(x.shape[2:]))
+
+
+def _shifts(layer, x: torch.Tensor, as_conv: bool) -> torch.Tensor:
+    kind, indices = layer.positional(tuple(x.shape[2:]), x.dtype, x.device)
+    assert kind == "shifts", kind
+    xp = layer.geometry.pad(x)
+    if as_conv:
+        positions = [a.query_positions(n) for a, n in zip(layer.geometry.axes, x.shape[2:])]
+        shifts = mixing.pure_shifts(indices, positions)
+        if shifts is not None:
+            out = mixing.shifts_as_conv(xp, shifts, [a.margin_before for a in layer.geometry.axes],
+                                        [a.stride for a in layer.geometry.axes],
+                                        layer.geometry.output_shape(x.shape[2:]), layer.merge.weight,
+                                        layer.merge.bias, max_taps=10**6)
+            assert out is not None
+            return out
+    return mixing.shifts_merge(xp, indices, layer.merge.weight, layer.merge.bias)
+
+
+def _run(fn, layer, x, upstream) -> dict:
+    """Output and gradients of sum(fn(layer, x) * upstream), by name (layer.named_parameters + 'x')."""
+    layer.zero_grad(set_to_none=True)
+    layer.train()
+    x = x.detach().clone().requires_grad_(True)
+    out = fn(layer, x)
+    (out * upstream).sum().backward()
+    grads = {"x": x.grad}
+    grads.update({name: p.grad for name, p in layer.named_parameters()})
+    return {"out": out.detach(), "grads": grads}
+
+
+def _compare(case: LayerCase, fn, name: str) -> None:
+    """fn(layer, x) against the dense path: output and every gradient, two computations' rounding."""
+    __tracebackhide__ = True
+    layer, x = case.build()
+    ref = reference.attention(layer, x)
+    generator = torch.Generator().manual_seed(case.seed + 7)
+    upstream = torch.randn(ref.output.shape, generator=generator, dtype=torch.float64).to(x.dtype)
+    fast = _run(fn, layer, x, upstream)
+    plain = _run(dense_path, layer, x, upstream)
+    rounding = tolerances.attention_rounding(layer, ref, x.dtype)
+    checks = [(f"max|{name} - dense| (output)", (fast["out"] - plain["out"]).abs(), 2 * rounding)]
+    bounds = tolerances.gradient_tolerances(layer, x, upstream, ref)
+    for key, bound in bounds.items():
+        a, b = fast["grads"].get(key), plain["grads"].get(key)
+        if a is None or b is None:
+            checks.append((f"gradient wrt {key}: missing on {'both sides' if a is b else 'one side'}",
+                           float((a is None) != (b is None)), 0.0))
+            continue
+        checks.append((f"max|{name} - dense| (d/d {key})", (a - b).abs(), 2 * bound))
+    assert_all_within(STATEMENT, checks, f"{name}: {case.describe()}",
+                      case.reproduce(f"# see verify/test_fast_paths_perf.py: {name}"))
+
+
+positional_cases = strategies.layer_cases(encoding=st.sampled_from(("quadratic", "generalized", "learned")),
+                                          content=st.just(False), hard=st.just(False),
+                                          dtype=st.just("float64"))
+hard_cases = strategies.layer_cases(encoding=st.just("quadratic"), content=st.just(False), hard=st.just(True),
+                                    dtype=st.just("float64"), centres=st.sampled_from(("random", "integer")))
+
+
+@pytest.mark.statement(STATEMENT)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-chunked", "autograd"])
+@examples(0.4)
+@given(case=positional_cases)
+def test_positional_merge_equals_dense_path(fused: bool, case: LayerCase, monkeypatch):
+    monkeypatch.setattr(mixing, "CHUNK_BYTES", 1)  # one image per chunk: the chunk loop is exercised
+    _compare(case, lambda layer, x: _separable_or_dense(layer, x, fused),
+             "PositionalMerge" if fused else "positional_merge_autograd")
+
+
+@pytest.mark.statement(STATEMENT)
+@pytest.mark.parametrize("as_conv", [True, False], ids=["shifts_as_conv", "shifts_merge"])
+@examples(0.4)
+@given(case=hard_cases)
+def test_shift_paths_equal_dense_path(as_conv: bool, case: LayerCase):
+    layer, x = case.build()
+    kind = layer.positional(tuple(x.shape[2:]), x.dtype, x.device)[0]
+    if kind != "shifts":  # a tie: the separable path, covered above
+        return
+    _compare(case, lambda layer, x: _shifts(layer, x, as_conv), "shifts_as_conv" if as_conv else "shifts_merge")
+
+
+@pytest.mark.statement(STATEMENT)
+@examples(0.3)
+@given(case=strategies.layer_cases(encoding=st.sampled_from(("quadratic", "generalized", "learned")),
+                                   content=st.just(True), dtype=st.just("float64")))
+def test_relative_score_equals_dense_logits(case: LayerCase):
+    """FlexAttention's score logic, evaluated on every (query, key) pair, equals the dense positional bias."""
+    layer, x = case.build()
+    spatial = tuple(x.shape[2:])
+    query_shape = layer.geometry.output_shape(spatial)
+    key_shape = tuple(a.padded_length(n) for a, n in zip(layer.geometry.axes, spatial))
+    tables = layer._score_tables(spatial, x.dtype, x.device)
+    with torch.no_grad():
+        dense = layer.positional(spatial, x.dtype, x.device)[1]                       # (H, Nq, Nk)
+        heads, n_q, n_k = dense.shape
+        h = torch.arange(heads)[:, None, None]
+        q = torch.arange(n_q)[None, :, None]
+        k = torch.arange(n_k)[None, None, :]
+        flat = len(tables) == 1 and len(query_shape) > 1   # a non-separable encoding: one dense table
+        qs, ks = ((n_q,), (n_k,)) if flat else (query_shape, key_shape)
+        score = mixing.relative_score(h, q, k, tables, qs, ks)
+        # both sum the same per-axis logits, in some order: gamma_n of the sum of their magnitudes
+        magnitude = mixing.relative_score(h, q, k, [t.abs() for t in tables], qs, ks)
+    bound = 2 * tolerances.gamma(layer.spatial_dims, x.dtype) * magnitude
+    assert_all_within(STATEMENT, [("max|relative_score - dense logits|", (score - dense).abs(), bound)],
+                      f"relative_score: {case.describe()}",
+                      case.reproduce("# see verify/test_fast_paths_perf.py: relative_score"))
+
+
+@pytest.mark.statement(STATEMENT)
+@examples(0.3)
+@given(case=strategies.layer_cases(encoding=st.sampled_from(("quadratic", "generalized", "learned", None)),
+                                   content=st.just(True), dtype=st.just("float64")))
+def test_flex_attention_equals_sdpa(case: LayerCase):
+    """Eager FlexAttention with the relative score_mod (the CUDA path's logic) equals the SDPA path."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    layer, x = case.build()
+    spatial = tuple(x.shape[2:])
+    query_shape = layer.geometry.output_shape(spatial)
+    with torch.no_grad():
+        xp = layer.geometry.pad(x)
+        q, k = layer._queries_keys(xp, spatial)
+        key_shape = tuple(xp.shape[2:])
+        bias = layer.positional(spatial, x.dtype, x.device)
+        sdpa = mixing.content_attention(q, k, xp, None if bias is None else bias[1], 0.0)
+        tables = None if layer.encoding is None else layer._score_tables(spatial, x.dtype, x.device)
+        if tables is not None and len(tables) == 1 and len(query_shape) > 1:
+            flex = mixing.flex_content(q, k, xp, tables, (sdpa.shape[2],), (xp.flatten(2).shape[2],),
+                                       compiled=False)
+        else:
+            flex = mixing.flex_content(q, k, xp, tables, query_shape, key_shape, compiled=False)
+    ref = reference.attention(layer, x)
+    # each side is one computation of every head's average: the layer's rounding bound with a merge of
+    # all ones (summing every head and channel), divided by the channels, bounds one average
+    bound = 2 * tolerances.attention_rounding(_ones_merge(layer), ref, x.dtype).amax() / layer.dim
+    assert_all_within(STATEMENT, [("max|flex - sdpa| (per-head averages)", (flex - sdpa).abs(), bound)],
+                      f"flex_content: {case.describe()}",
+                      case.reproduce("# see verify/test_fast_paths_perf.py: flex_content"))
+
+
+def _ones_merge(layer):
+    """A copy of the layer whose merge weight is all ones and bias zero."""
+    import copy
+
+    twin = copy.deepcopy(layer)
+    with torch.no_grad():
+        twin.merge.weight.fill_(1)
+        if twin.merge.bias is not None:
+            twin.merge.bias.zero_()
+    return twin
+
+
+def test_padded_bias_keeps_values_and_aligns_rows():
+    bias = torch.randn(3, 5, 13)
+    padded = mixing.padded_bias(bias)
+    assert torch.equal(padded, bias)
+    assert padded.stride(-2) % 8 == 0
+    aligned = torch.randn(2, 3, 16)
+    assert mixing.padded_bias(aligned) is aligned
