@@ -182,7 +182,7 @@ def attention_to_conv(attn: RelativeSelfAttention, tol: float = 1e-6) -> nn.modu
         if d > tol:
             raise ValueError(f"head {h} is {d:.3g} from one-hot (1 - p at its nearest key), more than "
                              f"tol={tol}: centre={attn.encoding.centre[h].tolist()}, "
-                             f"alpha={float(attn.encoding.alpha[h]):.4g}")
+                             f"alpha={float(attn.encoding.alpha[h].detach()):.4g}")
     geometry = attn.geometry
     shifts = attn.encoding.centre.detach().round().abs()
     if geometry.is_identity and bool(shifts.any()):
@@ -311,16 +311,22 @@ def convert_model(model: nn.Module, alpha: float = math.inf, *, verbose: bool = 
         raise TypeError(f"verbose must be a bool, got {type(verbose).__name__}")
     converted = copy.deepcopy(model)
     rows = []
-    # Collect first: replacing children while iterating named_modules would skip or revisit some.
-    targets = [(name, module) for name, module in converted.named_modules() if isinstance(module, CONV_TYPES)]
+    # Collect first: replacing children while iterating would skip or revisit some. Every name of a
+    # shared (tied) convolution is collected, and all of them get the same attention layer.
+    targets = [(name, module) for name, module in converted.named_modules(remove_duplicate=False)
+               if isinstance(module, CONV_TYPES)]
+    replaced: dict[int, RelativeSelfAttention] = {}
     for name, conv in targets:
-        layer = conv_to_attention(conv, alpha)
-        layer.train(conv.training)
+        first = id(conv) not in replaced
+        if first:
+            replaced[id(conv)] = conv_to_attention(conv, alpha).train(conv.training)
+        layer = replaced[id(conv)]
         parent_name, _, child = name.rpartition(".")
         setattr(converted.get_submodule(parent_name) if parent_name else converted, child, layer)
-        rows.append(ConvertedLayer(name, type(conv).__name__, tuple(conv.kernel_size), layer.heads,
-                                   sum(p.numel() for p in conv.parameters()),
-                                   sum(p.numel() for p in layer.parameters())))
+        if first:
+            rows.append(ConvertedLayer(name, type(conv).__name__, tuple(conv.kernel_size), layer.heads,
+                                       sum(p.numel() for p in conv.parameters()),
+                                       sum(p.numel() for p in layer.parameters())))
     conversion = Conversion(converted, tuple(rows))
     if verbose:
         print(conversion.report())
