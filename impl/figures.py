@@ -22,6 +22,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -331,6 +332,22 @@ def draw_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     return [path for path in written if path is not None]
 
 
+def directory_problem(path: Path) -> str | None:
+    """None if `path` is a writable directory or can be created as one, else why not."""
+    if path.exists():
+        if not path.is_dir():
+            return f"{path} exists and is not a directory"
+        return None if os.access(path, os.W_OK | os.X_OK) else f"{path} is not writable"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{path} cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{path} cannot be created: {parent} is not writable"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m impl.figures", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by impl.train")
@@ -342,6 +359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (run / "config.json").is_file():
             parser.error(f"{run} is not a run directory (no {run / 'config.json'})")
     out = Path(args.out) if args.out else None
+    if out is not None:
+        targets = [out] + ([out / run.name for run in runs] if len(runs) > 1 else [])
+        for target in targets:
+            problem = directory_problem(target)
+            if problem is not None:
+                parser.error(f"--out {args.out}: {problem}")
     try:
         for run in runs:
             target = None if out is None else (out / run.name if len(runs) > 1 else out)

@@ -227,9 +227,17 @@ def resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser, wo
             cfg.model_overrides[key] = value
     try:  # check the overrides' values now: building on the meta device allocates nothing
         with torch.device("meta"):
-            build_model(cfg)
+            model = build_model(cfg)
     except (TypeError, ValueError) as error:
         parser.error(f"model {cfg.model} with overrides {cfg.model_overrides}: {error}")
+    conflict = data_conflict(model, cfg.data)
+    if conflict is not None:  # the model must take the data's images and labels, before anything is written
+        keys, problem = conflict
+        overridden = [f"{key}={json.dumps(value)}" for key, value in args.model_override if key in keys]
+        if overridden:
+            parser.error(f"--model-override {', '.join(overridden)} does not fit --data {cfg.data}: {problem}")
+        parser.error(f"model {cfg.model} with overrides {cfg.model_overrides} does not fit --data {cfg.data}: "
+                     f"{problem}")
     cfg.out = args.out or f"runs/{cfg.preset}-{cfg.data}-seed{cfg.seed}"
     _check_common(cfg, parser)
     files = RunFiles(cfg.out)
@@ -289,6 +297,28 @@ def _check_common(cfg: Config, parser) -> None:
                      "use --device cpu")
     if cfg.schedule not in SCHEDULES:
         parser.error(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+
+
+def data_conflict(model: nn.Module, data_name: str) -> tuple[tuple[str, ...], str] | None:
+    """None if `model` takes data set `data_name`'s images and labels, else (the override keys at fault, what
+    is wrong): in_channels must equal the images' channels, num_classes cover the labels, and the images'
+    size go through the model (image_size, downsample)."""
+    info = data.info(data_name)
+    channels = getattr(model, "in_channels", info.channels)
+    if channels != info.channels:
+        return ("in_channels",), (f"in_channels={channels}, but its images have {info.channels} channel(s); "
+                                  f"in_channels must be {info.channels}")
+    classes = getattr(model, "num_classes", info.num_classes)
+    if classes < info.num_classes:
+        return ("num_classes",), (f"num_classes={classes}, but its labels run from 0 to {info.num_classes - 1}; "
+                                  f"num_classes must be >= {info.num_classes}")
+    if hasattr(model, "check_image_size"):
+        try:
+            model.check_image_size(info.image_size)
+        except ValueError as error:
+            return ("image_size", "downsample"), (f"its images are {info.image_size[0]}x{info.image_size[1]}: "
+                                                  f"{error}")
+    return None
 
 
 def data_overrides(model_name: str, data_name: str) -> dict:
@@ -515,6 +545,10 @@ def train(cfg: Config, dist: Distributed, *, resume: bool = False) -> None:
 
     # -- model, optimizer, schedule ------------------------------------------------------------------------
     model = build_model(cfg)
+    conflict = data_conflict(model, cfg.data)
+    if conflict is not None:  # before the run directory is touched
+        raise RunError(f"model {cfg.model} with overrides {cfg.model_overrides} does not fit --data {cfg.data}: "
+                       f"{conflict[1]}")
     if state is not None:
         checkpoint.load_model_weights(model, state["model"], source=files.last)
     elif cfg.init_from is not None:

@@ -149,11 +149,22 @@ def unit_roundoff(name: str) -> float:
     """The unit roundoff u = 2^-p (p the significand bits) of a floating-point type by name.
 
     Raises:
+        TypeError: name is not a str.
         ValueError: an unknown name; the message lists the allowed ones.
     """
+    return _UNIT_ROUNDOFF[_dtype_name("name", name)]
+
+
+def _dtype_name(argument: str, name) -> str:
+    """`name` if it is a known floating-point type name, else an error naming `argument`."""
+    if not isinstance(name, str):
+        raise TypeError(
+            f"{argument} must be a str, one of {sorted(_UNIT_ROUNDOFF)}, "
+            f"got {type(name).__name__} {name!r}"
+        )
     if name not in _UNIT_ROUNDOFF:
-        raise ValueError(f"name must be one of {sorted(_UNIT_ROUNDOFF)}, got {name!r}")
-    return _UNIT_ROUNDOFF[name]
+        raise ValueError(f"{argument} must be one of {sorted(_UNIT_ROUNDOFF)}, got {name!r}")
+    return name
 
 
 def gamma(n: int, dtype_eps: float) -> float:
@@ -175,9 +186,23 @@ def gamma(n: int, dtype_eps: float) -> float:
 
 def rounding_bound(n_terms: int, abs_sum: float, dtype_name: str) -> float:
     """gamma_n * abs_sum: the rounding error allowed for a sum or dot product of n_terms terms
-    whose absolute values sum to abs_sum, computed in dtype_name (any summation order)."""
+    whose absolute values sum to abs_sum, computed in dtype_name (any summation order).
+
+    Raises:
+        ValueError: n_terms not an int >= 1 or n_terms * u >= 1; abs_sum not finite and >= 0;
+            dtype_name unknown (the message lists the allowed ones).
+        TypeError: dtype_name is not a str.
+    """
     abs_sum = _nonnegative_finite("abs_sum", abs_sum)
-    return gamma(n_terms, unit_roundoff(dtype_name)) * abs_sum
+    u = _UNIT_ROUNDOFF[_dtype_name("dtype_name", dtype_name)]
+    if isinstance(n_terms, bool) or not isinstance(n_terms, numbers.Integral) or n_terms < 1:
+        raise ValueError(f"n_terms must be an int >= 1, got {n_terms!r}")
+    if int(n_terms) * u >= 1.0:
+        raise ValueError(
+            f"n_terms must be < 1/u = {1 / u:.0f} for {dtype_name} (n_terms * u must be < 1), "
+            f"got {n_terms}"
+        )
+    return gamma(int(n_terms), u) * abs_sum
 
 
 # --- tail-bound -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import re
 from spec import bounds, conv3d, geometry, lemma1, quadratic, separable
 from spec.statement import Statement, Step
 
-__all__ = ["STATEMENTS", "CatalogueError", "Statement", "Step", "get", "ids"]
+__all__ = ["STATEMENTS", "CatalogueError", "Statement", "Step", "UnknownStatement", "get", "ids"]
 
 STATEMENTS: tuple[Statement, ...] = (
     quadratic.QUADRATIC_IDENTITY,
@@ -80,13 +80,29 @@ def ids() -> tuple[str, ...]:
     return tuple(_BY_ID)
 
 
+class UnknownStatement(KeyError, ValueError):
+    """An id that is not in the catalogue: a KeyError (a lookup miss) and a ValueError (a bad
+    argument), so either `except` clause catches it."""
+
+    def __str__(self) -> str:  # KeyError's str() would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
 def get(id: str) -> Statement:
     """The statement with this id.
 
     Raises:
-        KeyError: an unknown id; the message lists the known ones.
+        TypeError: id is not a str.
+        UnknownStatement: (a KeyError and a ValueError) an unknown id; the message lists the
+            known ones.
     """
-    try:
-        return _BY_ID[id]
-    except KeyError:
-        raise KeyError(f"unknown statement id {id!r}; known ids: {', '.join(_BY_ID)}") from None
+    if not isinstance(id, str):
+        raise TypeError(
+            f"id must be a str, one of the statement ids ({', '.join(_BY_ID)}), "
+            f"got {type(id).__name__} {id!r}"
+        )
+    if id not in _BY_ID:
+        raise UnknownStatement(
+            f"unknown statement id {id!r}: id must be one of {', '.join(_BY_ID)}"
+        )
+    return _BY_ID[id]

@@ -20,7 +20,17 @@ from spec.statement import Statement, Step
 
 
 def heads_for_kernel(kernel_size: Sequence[int]) -> int:
-    """N_h = prod(kernel): one head per kernel entry (K^2 for a K x K kernel)."""
+    """N_h = prod(kernel): one head per kernel entry (K^2 for a K x K kernel).
+
+    Raises:
+        TypeError: kernel_size is not a tuple or list (a bare int is refused: write (K,)).
+        ValueError: kernel_size is empty or holds anything but ints >= 1.
+    """
+    if not isinstance(kernel_size, (tuple, list)):
+        raise TypeError(
+            f"kernel_size must be a non-empty tuple of ints >= 1 (e.g. (3, 3), or (3,) in 1D), "
+            f"got {type(kernel_size).__name__} {kernel_size!r}"
+        )
     sizes = tuple(kernel_size)
     valid = all(
         isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1 for k in sizes

@@ -81,6 +81,11 @@ def transform(augment: bool) -> transforms.Compose:
 
 def load_cifar10(train: bool, *, data_dir=None, download: bool = False, augment: bool = False) -> CIFAR10Files:
     """The CIFAR-10 train or test split; items (float tensor (3, 32, 32), int label)."""
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"data_dir must be None, a str or an os.PathLike (a directory), "
+                        f"got {type(data_dir).__name__} {data_dir!r}")
+    if not isinstance(download, bool):
+        raise TypeError(f"download must be a bool (True or False), got {type(download).__name__} {download!r}")
     data_dir = default_dir() if data_dir is None else Path(data_dir).expanduser()
     if data_dir.name == FOLDER:  # accept the batches folder itself
         data_dir = data_dir.parent

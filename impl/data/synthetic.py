@@ -14,11 +14,14 @@ from .cifar import transform
 
 DEFAULT_SIZE = {True: 5000, False: 1000}  # train, test
 OFFSET_STRIDE = 1_000_000                  # seeds [seed * stride, (seed + 1) * stride): train half, test half
+MAX_SEED = (2**63 - 1) // OFFSET_STRIDE - 1  # every item seed fits a signed 64-bit int
 
 
 def load_synthetic(train: bool, *, augment: bool = False, seed: int = 0,
                    size: int | None = None) -> torchvision.datasets.FakeData:
     """The synthetic train or test split; items (float tensor (3, 32, 32), int label)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an int in [0, {MAX_SEED}], got {seed!r}")
     size = DEFAULT_SIZE[train] if size is None else size
     if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= OFFSET_STRIDE // 2:
         raise ValueError(f"size must be an int in [1, {OFFSET_STRIDE // 2}], got {size!r}")

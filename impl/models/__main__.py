@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("nothing to do: pass --list [PATTERN]")
     names = list_models(args.pattern)
     if not names:
-        parser.error(f"no model matches {args.pattern!r}; known models: {', '.join(list_models())}")
+        parser.error(f"--list: no model matches PATTERN {args.pattern!r}; known models: {', '.join(list_models())}")
     torch.manual_seed(0)
     print(table(names))
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 
 def positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -30,3 +32,15 @@ def int_tuple(name: str, value, length: int) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or len(value) != length:
         raise ValueError(f"{name} must be a sequence of {length} positive ints, got {value!r}")
     return tuple(positive_int(name, v) for v in value)
+
+
+def image_batch(x, in_channels: int) -> None:
+    """A model's input: a floating-point tensor of shape (batch, in_channels, H, W)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a floating-point torch.Tensor of shape (batch, {in_channels}, H, W), "
+                        f"got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor (float16, bfloat16, float32 or float64), got {x.dtype}; "
+                        f"convert integer images first, e.g. x.float() / 255")
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"x must have shape (batch, {in_channels}, H, W), got {tuple(x.shape)}")

@@ -36,6 +36,9 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def entry(name: str) -> tuple[type[nn.Module], dict]:
     """(class, default keyword arguments) of the model called `name`."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, the name of a registered model ({', '.join(list_models())}), "
+                        f"got {type(name).__name__} {name!r}")
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     cls, kwargs = _MODELS[name]()
@@ -50,8 +53,9 @@ def allowed_overrides(name: str) -> tuple[str, ...]:
 def build(name: str, **overrides) -> nn.Module:
     """Build the registered model `name` with its defaults updated by `overrides`.
 
-    Raises ValueError on an unknown name (listing the known ones) or an override key the model does not
-    take (naming it and the allowed ones); the model's own constructor validates the values.
+    Raises TypeError if `name` is not a str, ValueError on an unknown name (listing the known ones) or an
+    override key the model does not take (naming it and the allowed ones); the model's own constructor
+    validates the values.
     """
     cls, kwargs = entry(name)
     unknown = sorted(set(overrides) - set(cls.OVERRIDES))

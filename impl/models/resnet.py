@@ -75,10 +75,14 @@ class ResNet(nn.Module):
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (batch, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        _checks.image_batch(x, self.in_channels)
         x = self.stages(self.stem(x))
         return self.classifier(self.pool(x).flatten(1))
+
+    def check_image_size(self, image_size) -> None:
+        """Raise ValueError if `image_size` ((H, W) or an int) is not a valid size (any size works otherwise:
+        global average pooling)."""
+        _checks.image_size(image_size)
 
     def attention_layers(self) -> list:
         """No attention layers (uniform interface with the self-attention models)."""

@@ -138,13 +138,23 @@ class AttentionClassifier(nn.Module):
         self.classifier = nn.Linear(dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape (batch, {self.in_channels}, H, W), got {shape}")
+        _checks.image_batch(x, self.in_channels)
         tokens = self.embed(space_to_depth(x, self.downsample))  # (B, h, w, dim)
         for layer in self.layers:
             tokens = layer(tokens)
         return self.classifier(tokens.mean((1, 2)))
+
+    def check_image_size(self, image_size) -> None:
+        """Raise ValueError if images of `image_size` ((H, W) or an int) cannot go through the model: H and W
+        must be divisible by `downsample`, and a learned model's token grid must fit its tables."""
+        size = _checks.image_size(image_size)
+        if any(n % self.downsample for n in size):
+            raise ValueError(f"image size {size} must be divisible by downsample={self.downsample}")
+        grid = tuple(n // self.downsample for n in size)
+        if self.encoding == "learned" and any(g > m for g, m in zip(grid, self.grid_size)):
+            raise ValueError(f"image size {size} gives a {grid[0]}x{grid[1]} token grid, larger than the "
+                             f"{self.grid_size[0]}x{self.grid_size[1]} grid the learned encoding was built for "
+                             f"(image_size={self.image_size}, downsample={self.downsample})")
 
     def attention_layers(self) -> list[RelativeSelfAttention]:
         """The attention layer of every encoder layer, first to last."""
