@@ -7,7 +7,23 @@ arguments.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why `path` cannot be written as a file (checked before the minutes of work), or None."""
+    if path.is_dir():
+        return "is a directory; give a file path"
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, not a directory"
+    if not os.access(parent, os.W_OK):
+        return f"{parent} is not writable"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
                              "examples, worst_error, bound, verified}]} to PATH")
     parser.add_argument("-k", metavar="EXPRESSION", help="only run tests matching this pytest -k expression")
     args = parser.parse_args(argv)
+    if args.json is not None:
+        problem = _unwritable(Path(args.json))
+        if problem:
+            parser.error(f"--json {args.json}: {problem}")
     from verify import report
 
     extra = ("-k", args.k) if args.k else ()
