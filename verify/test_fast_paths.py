@@ -120,9 +120,6 @@ def _upstream(layer, x, seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=torch.float64).to(x.dtype)
 
 
-STALE_CACHE = ("impl bug: RelativeSelfAttention caches positional attention in eval mode under no_grad, keyed "
-               "by the parameters' _version; writes through .data (and torch.nn.utils.vector_to_parameters) "
-               "do not bump _version, so the layer keeps using the old centres")
 
 
 def _via_data(p: torch.Tensor) -> None:
@@ -144,10 +141,9 @@ def _in_place(p: torch.Tensor) -> None:
 @pytest.mark.statement("fast-paths")
 @pytest.mark.parametrize("change", [
     pytest.param(_in_place, id="in-place"),
-    pytest.param(_via_data, id="data", marks=pytest.mark.xfail(strict=True, reason=STALE_CACHE)),
-    pytest.param(_via_data_assignment, id="data-assignment", marks=pytest.mark.xfail(strict=True, reason=STALE_CACHE)),
-    pytest.param(_via_vector_to_parameters, id="vector_to_parameters",
-                 marks=pytest.mark.xfail(strict=True, reason=STALE_CACHE)),
+    pytest.param(_via_data, id="data"),
+    pytest.param(_via_data_assignment, id="data-assignment"),
+    pytest.param(_via_vector_to_parameters, id="vector_to_parameters"),
 ])
 def test_eval_output_follows_parameter_changes(change):
     """An eval-mode layer evaluated under no_grad, then given new centres, equals the reference for the

@@ -10,7 +10,8 @@ once per side):
 - `positional_merge`, fused (`PositionalMerge`: chunked, hand-written backward; forced here to one image
   per chunk) and left to autograd (`positional_merge_autograd`, the CUDA/autocast path), for separable
   heads (per-axis matrices) and dense ones (generalized: one matrix on the flattened grid);
-- `shifts_as_conv` (hard heads that read a fixed shift of their query, run as a convolution) and
+- `shifts_as_conv` (hard heads that read a fixed shift of their query, run as a convolution that
+  zero-pads itself, or on the padded input for the other padding modes) and
   `shifts_merge` (any hard heads: one gather, one projection);
 - content layers: FlexAttention's score logic (`relative_score`, used as the score_mod on CUDA) equals
   the dense positional logits, and eager FlexAttention (CPU, forward only) equals the SDPA path.
@@ -64,10 +65,14 @@ def _shifts(layer, x: torch.Tensor, as_conv: bool) -> torch.Tensor:
         positions = [a.query_positions(n) for a, n in zip(layer.geometry.axes, x.shape[2:])]
         shifts = mixing.pure_shifts(indices, positions)
         if shifts is not None:
-            out = mixing.shifts_as_conv(xp, shifts, [a.margin_before for a in layer.geometry.axes],
-                                        [a.stride for a in layer.geometry.axes],
-                                        layer.geometry.output_shape(x.shape[2:]), layer.merge.weight,
-                                        layer.merge.bias, max_taps=10**6)
+            geometry = layer.geometry
+            args = (shifts, [a.margin_before for a in geometry.axes], [a.stride for a in geometry.axes],
+                    geometry.output_shape(x.shape[2:]), layer.merge.weight, layer.merge.bias)
+            if geometry.padding_mode == "zeros":  # the layer's way: the convolution pads
+                out = mixing.shifts_as_conv(x, *args, max_taps=10**6,
+                                            zero_pads=[(a.pad_before, a.pad_after) for a in geometry.axes])
+            else:
+                out = mixing.shifts_as_conv(xp, *args, max_taps=10**6)
             assert out is not None
             return out
     return mixing.shifts_merge(xp, indices, layer.merge.weight, layer.merge.bias)
@@ -119,10 +124,13 @@ hard_cases = strategies.layer_cases(encoding=st.just("quadratic"), content=st.ju
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-chunked", "autograd"])
 @examples(0.4)
 @given(case=positional_cases)
-def test_positional_merge_equals_dense_path(fused: bool, case: LayerCase, monkeypatch):
-    monkeypatch.setattr(mixing, "CHUNK_BYTES", 1)  # one image per chunk: the chunk loop is exercised
-    _compare(case, lambda layer, x: _separable_or_dense(layer, x, fused),
-             "PositionalMerge" if fused else "positional_merge_autograd")
+def test_positional_merge_equals_dense_path(fused: bool, case: LayerCase):
+    saved, mixing.CHUNK_BYTES = mixing.CHUNK_BYTES, 1  # one image per chunk: the chunk loop is exercised
+    try:
+        _compare(case, lambda layer, x: _separable_or_dense(layer, x, fused),
+                 "PositionalMerge" if fused else "positional_merge_autograd")
+    finally:
+        mixing.CHUNK_BYTES = saved
 
 
 @pytest.mark.statement(STATEMENT)

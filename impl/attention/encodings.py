@@ -23,6 +23,12 @@ def _check_positive_int(name: str, value) -> int:
     return value
 
 
+def _check_std(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite float >= 0, got {value!r}")
+    return float(value)
+
+
 def check_alpha(alpha) -> float:
     """alpha must be a positive real number or math.inf (the hard limit)."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
@@ -87,7 +93,7 @@ class QuadraticEncoding(RelativeEncoding):
     def __init__(self, heads: int, spatial_dims: int = 2, *, alpha: float | None = None,
                  centre_std: float = 2.0) -> None:
         super().__init__(heads, spatial_dims)
-        self.centre = nn.Parameter(torch.randn(heads, spatial_dims) * centre_std)
+        self.centre = nn.Parameter(torch.randn(heads, spatial_dims) * _check_std("centre_std", centre_std))
         self.hard = alpha is not None and check_alpha(alpha) == math.inf
         if self.hard:
             self.register_parameter("width", None)
@@ -134,7 +140,7 @@ class GeneralizedEncoding(RelativeEncoding):
     def __init__(self, heads: int, spatial_dims: int = 2, *, centre_std: float = 2.0,
                  scale_std: float = 0.01) -> None:
         super().__init__(heads, spatial_dims)
-        self.centre = nn.Parameter(torch.randn(heads, spatial_dims) * centre_std)
+        self.centre = nn.Parameter(torch.randn(heads, spatial_dims) * _check_std("centre_std", centre_std))
         eye = torch.eye(spatial_dims).expand(heads, spatial_dims, spatial_dims)
         self.scale = nn.Parameter(eye + scale_std * torch.randn(heads, spatial_dims, spatial_dims))
 

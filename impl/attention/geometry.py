@@ -57,11 +57,15 @@ class Geometry:
     padding_mode: str = "zeros"
 
     def __post_init__(self) -> None:
-        if self.padding_mode not in PADDING_MODES:
+        if not isinstance(self.axes, tuple) or not self.axes or not all(isinstance(a, Axis) for a in self.axes):
+            raise TypeError(f"axes must be a non-empty tuple of Axis records, got {self.axes!r}")
+        if not isinstance(self.padding_mode, str) or self.padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
 
     @classmethod
     def identity(cls, spatial_dims: int) -> "Geometry":
+        if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, int) or spatial_dims < 1:
+            raise ValueError(f"spatial_dims must be a positive int, got {spatial_dims!r}")
         return cls(tuple(Axis() for _ in range(spatial_dims)))
 
     @property

@@ -4,8 +4,10 @@ Every head averages the raw input tokens under its attention map (no per-head va
 paper's model), and one linear map merges the heads: out = W_out [avg_1; ...; avg_H] + b. The attention
 scores come from a relative positional encoding (quadratic, generalized or learned) and, optionally, from
 the tokens' content. Positional attention does not depend on the image, so it is computed once per forward
-without a batch dimension (and cached in eval mode under no_grad), then applied by the cheapest path:
-shifts for hard-limit heads, one small softmax per axis for separable heads, a dense matrix otherwise.
+without a batch dimension (and cached in eval mode under no_grad), then applied by the cheapest path
+(`impl.attention.mixing`): a convolution or a gather for hard-limit heads, one small softmax per axis for
+separable heads, a dense matrix otherwise, each fused with the merge so that no
+(batch, heads x channels, tokens) tensor is ever held; SDPA or FlexAttention for content scores.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from torch import nn
 
 from .encodings import ENCODINGS, LearnedEncoding, QuadraticEncoding, RelativeEncoding, build_encoding
 from .geometry import Geometry
-from .mixing import mix_content, mix_dense, mix_separable, mix_shifts
+from .mixing import (content_attention, flex_content, merge_heads, mix_dense, positional_merge, project, pure_shifts,
+                     shifts_as_conv, shifts_merge, use_flex)
 
 
 def _positive_int(name: str, value) -> int:
@@ -58,8 +61,11 @@ class RelativeSelfAttention(nn.Module):
         self.dim = _positive_int("dim", dim)
         self.heads = _positive_int("heads", heads)
         self.out_dim = _positive_int("out_dim", dim if out_dim is None else out_dim)
-        if spatial_dims not in (1, 2, 3):
-            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
+        if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, int) or spatial_dims not in (1, 2, 3):
+            raise ValueError(f"spatial_dims must be 1, 2 or 3 (an int), got {spatial_dims!r}")
+        for flag, value in (("content", content), ("bias", bias)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be a bool (True or False), got {value!r}")
         self.spatial_dims = spatial_dims
         if encoding not in ENCODINGS and encoding is not None:
             raise ValueError(f"encoding must be one of {ENCODINGS} or None, got {encoding!r}")
@@ -82,15 +88,17 @@ class RelativeSelfAttention(nn.Module):
             if grid_size is None:
                 raise ValueError("encoding='learned' needs grid_size: the largest token grid, per axis")
             encoding_kwargs = dict(grid_size=grid_size, embed_dim=dim if embed_dim is None else embed_dim)
-        if alpha is not None and encoding != "quadratic":
-            raise ValueError(f"alpha applies to encoding='quadratic' only, got encoding={encoding!r}")
+        for option, value, owner in (("alpha", alpha, "quadratic"), ("grid_size", grid_size, "learned"),
+                                     ("embed_dim", embed_dim, "learned")):
+            if value is not None and encoding != owner:
+                raise ValueError(f"{option} applies to encoding={owner!r} only, got encoding={encoding!r}")
         self.encoding: RelativeEncoding | None = build_encoding(encoding, heads, spatial_dims,
                                                                 **encoding_kwargs)
         if content and self.hard:
             raise ValueError("content=True cannot be combined with alpha=math.inf: the hard limit ignores content")
 
         self.content_dim = _positive_int("content_dim", dim if content_dim is None else content_dim)
-        self.content = bool(content)
+        self.content = content
         if self.content:
             self.query = nn.Linear(dim, heads * self.content_dim)
             self.key = nn.Linear(dim, heads * self.content_dim)
@@ -165,15 +173,25 @@ class RelativeSelfAttention(nn.Module):
         Returns ("shifts", [index per axis]), ("separable", [probs per axis]), ("dense", probs) or
         ("bias", logits) for content layers; None for a content-only layer.
         """
+        return self._positional_entry(spatial_shape, dtype, device)[0]
+
+    def _positional_entry(self, spatial_shape, dtype, device) -> tuple[object, dict]:
+        """(`positional`'s value, a dict the mixing fills with what it derives from it). Both are cached
+        together in eval mode under no_grad; setting `_cache = None` drops them."""
         if self.encoding is None:
-            return None
+            return None, {}
         use_cache = not self.training and not torch.is_grad_enabled()
-        key = (tuple(spatial_shape), dtype, str(device), tuple(p._version for p in self.encoding.parameters()))
-        if use_cache and self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+        key = (tuple(spatial_shape), dtype, str(device))
+        # The parameters' values, not their version counters: writes through `.data` or
+        # `vector_to_parameters` do not bump `_version` but must invalidate the cache.
+        params = [p.detach() for p in self.encoding.parameters()]
+        if use_cache and self._cache is not None and self._cache[0] == key \
+                and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(self._cache[3], params)):
+            return self._cache[1], self._cache[2]
         value = self._compute_positional(spatial_shape, dtype, device)
-        self._cache = (key, value) if use_cache else None
-        return value
+        derived: dict = {}
+        self._cache = (key, value, derived, [p.clone() for p in params]) if use_cache else None
+        return value, derived
 
     def _compute_positional(self, spatial_shape, dtype, device):
         offsets = self.axis_offsets(spatial_shape, dtype, device)
@@ -191,6 +209,12 @@ class RelativeSelfAttention(nn.Module):
         """Dense positional attention (H, Nq, Nk) for an input of `spatial_shape` (not content layers)."""
         if self.content or self.encoding is None:
             raise ValueError("attention_probabilities is positional only: this layer has content scores")
+        if isinstance(spatial_shape, (str, bytes)) or not isinstance(spatial_shape, Sequence) \
+                or len(spatial_shape) != self.spatial_dims \
+                or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in spatial_shape):
+            raise ValueError(f"spatial_shape must be {self.spatial_dims} positive ints (the input's grid), "
+                             f"got {spatial_shape!r}")
+        self.check_input(torch.empty(0, self.dim, *spatial_shape, device="meta"))
         device = self.merge.weight.device if device is None else device
         kind, value = self._compute_positional(spatial_shape, dtype, device)
         if kind == "dense":
@@ -210,34 +234,92 @@ class RelativeSelfAttention(nn.Module):
         self.check_input(x)
         spatial_shape = tuple(x.shape[2:])
         query_shape = self.geometry.output_shape(spatial_shape)
-        x = self.geometry.pad(x)
         compute_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-        positional = self.positional(spatial_shape, compute_dtype, x.device)
         dropout = self.attn_dropout if self.training else 0.0
-
         if self.content:
-            y = mix_content(*self._queries_keys(x, spatial_shape), x,
-                            None if positional is None else positional[1], query_shape, dropout)
-        else:
-            kind, value = positional
-            if dropout:
-                # An independent dropout mask per image needs per-image probabilities.
-                probs = value if kind == "dense" else \
-                    self.attention_probabilities(spatial_shape, compute_dtype, x.device)
-                probs = nn.functional.dropout(probs.expand(x.shape[0], *probs.shape), dropout)
-                y = mix_dense(x, probs, query_shape)
-            elif kind == "shifts":
-                y = mix_shifts(x, value)
-            elif kind == "separable":
-                y = mix_separable(x, value)
+            return self._content_forward(x, spatial_shape, query_shape, compute_dtype, dropout)
+        (kind, value), derived = self._positional_entry(spatial_shape, compute_dtype, x.device)
+        weight, bias = self.merge.weight, self.merge.bias
+        if dropout:
+            # An independent dropout mask per image needs per-image probabilities (B, H, Nq, Nk).
+            probs = value if kind == "dense" else \
+                self.attention_probabilities(spatial_shape, compute_dtype, x.device)
+            probs = nn.functional.dropout(probs.expand(x.shape[0], *probs.shape), dropout)
+            return merge_heads(mix_dense(self.geometry.pad(x), probs, query_shape), weight, bias)
+        if kind == "shifts":
+            return self._shifts_forward(x, spatial_shape, query_shape, value, derived)
+        x_keys, probs = self._real_keys(x, spatial_shape, kind, value, derived)
+        if kind == "separable":
+            return positional_merge(x_keys, weight, bias, probs[0], probs[1:])
+        out = positional_merge(x_keys.flatten(2), weight, bias, probs)  # dense: one flattened axis
+        return out.reshape(*out.shape[:2], *query_shape)
+
+    def _real_keys(self, x: torch.Tensor, spatial_shape, kind: str, value, derived: dict):
+        """The key tokens and the probabilities over them. Zero padding adds tokens that contribute
+        exactly 0, so with padding_mode='zeros' the input is not padded and the padded keys' columns are
+        dropped from the probabilities (after the softmax, which still counts them)."""
+        pads = [(a.pad_before, a.pad_after) for a in self.geometry.axes]
+        if self.geometry.padding_mode != "zeros" or not any(b or a for b, a in pads):
+            return self.geometry.pad(x), value
+        if "real_keys" not in derived:
+            if kind == "separable":
+                trimmed = [p[:, :, b:p.shape[2] - a] for p, (b, a) in zip(value, pads)]
             else:
-                y = mix_dense(x, value, query_shape)
-        # (B, H, C, *Q) -> (B, H*C, *Q): head-major channels, then the merge as a 1x1 map.
-        y = y.flatten(1, 2)
-        out = torch.einsum("oc,bc...->bo...", self.merge.weight.to(y.dtype), y)
+                padded = [n + b + a for n, (b, a) in zip(spatial_shape, pads)]
+                flat = torch.arange(math.prod(padded), device=value.device).view(padded)
+                flat = flat[tuple(slice(b, b + n) for n, (b, _) in zip(spatial_shape, pads))].flatten()
+                trimmed = value.index_select(2, flat)
+            derived["real_keys"] = trimmed
+        return x, derived["real_keys"]
+
+    def _shifts_forward(self, x, spatial_shape, query_shape, indices, derived: dict) -> torch.Tensor:
+        """Hard-limit heads: a convolution when every head reads a fixed shift of its query, else a gather."""
+        weight, bias = self.merge.weight, self.merge.bias
+        if "shifts" not in derived:
+            positions = [axis.query_positions(n) for axis, n in zip(self.geometry.axes, spatial_shape)]
+            derived["shifts"] = pure_shifts(indices, positions)
+        shifts = derived["shifts"]
+        if shifts is not None and x.dtype in (torch.float32, torch.float64):
+            margins = [a.margin_before for a in self.geometry.axes]
+            strides = [a.stride for a in self.geometry.axes]
+            if self.geometry.padding_mode == "zeros":  # let the convolution pad
+                out = shifts_as_conv(x, shifts, margins, strides, query_shape, weight, bias, max_taps=2 * self.heads,
+                                     zero_pads=[(a.pad_before, a.pad_after) for a in self.geometry.axes])
+            else:
+                out = shifts_as_conv(self.geometry.pad(x), shifts, margins, strides, query_shape, weight, bias,
+                                     max_taps=2 * self.heads)
+            if out is not None:
+                return out
+        xp = self.geometry.pad(x)
+        return shifts_merge(xp, indices, weight, bias)
+
+    def _content_forward(self, x, spatial_shape, query_shape, compute_dtype, dropout) -> torch.Tensor:
+        xp = self.geometry.pad(x)
+        queries, keys = self._queries_keys(xp, spatial_shape)
+        if use_flex(queries, dropout):
+            tables = None if self.encoding is None else self._score_tables(spatial_shape, queries.dtype, x.device)
+            key_shape = tuple(xp.shape[2:])
+            if tables is not None and len(tables) == 1 and self.spatial_dims > 1:
+                y = flex_content(queries, keys, xp, tables, (math.prod(query_shape),), (math.prod(key_shape),))
+            else:
+                y = flex_content(queries, keys, xp, tables, query_shape, key_shape)
+        else:
+            bias = self.positional(spatial_shape, compute_dtype, x.device)
+            y = content_attention(queries, keys, xp, None if bias is None else bias[1], dropout)
+        # (B, H, Nq, C) -> (B, Nq, H*C) head-major channels, then the merge
+        tokens = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], y.shape[1] * y.shape[3])
+        out = project(tokens, self.merge.weight.to(tokens.dtype))
         if self.merge.bias is not None:
-            out = out + self.merge.bias.to(out.dtype).reshape(-1, *[1] * self.spatial_dims)
-        return out
+            out = out + self.merge.bias.to(out.dtype)
+        return out.transpose(1, 2).reshape(out.shape[0], self.out_dim, *query_shape)
+
+    def _score_tables(self, spatial_shape, dtype, device) -> list[torch.Tensor]:
+        """Positional logits for FlexAttention: one (H, q_a, k_a) table per axis for separable encodings,
+        else the dense (H, Nq, Nk) table; never a per-image tensor."""
+        offsets = self.axis_offsets(spatial_shape, dtype, device)
+        if self.encoding.separable:
+            return [self.encoding.axis_logits(a, o) for a, o in enumerate(offsets)]
+        return [self.encoding.dense_logits(offsets)]
 
     def _queries_keys(self, x: torch.Tensor, spatial_shape) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head queries (B, H, Nq, d) at the query positions and keys (B, H, Nk, d) at every token."""
@@ -246,8 +328,12 @@ class RelativeSelfAttention(nn.Module):
                  for axis, n in zip(self.geometry.axes, spatial_shape)]
         query_tokens = x[(slice(None), slice(None), *torch.meshgrid(*index, indexing="ij"))]
         query_tokens = query_tokens.flatten(2).transpose(1, 2)  # (B, Nq, C)
-        batch = x.shape[0]
-        queries = self.query(query_tokens).reshape(batch, -1, self.heads, self.content_dim).transpose(1, 2)
-        keys = self.key(tokens).reshape(batch, -1, self.heads, self.content_dim).transpose(1, 2)
-        return queries, keys
+        batch, n_queries, n_keys = x.shape[0], query_tokens.shape[1], tokens.shape[1]
+        # In x's dtype, as the positional layers compute (autocast, when on, overrides both).
+        queries = _linear(query_tokens, self.query).reshape(batch, n_queries, self.heads, self.content_dim)
+        keys = _linear(tokens, self.key).reshape(batch, n_keys, self.heads, self.content_dim)
+        return queries.transpose(1, 2), keys.transpose(1, 2)
 
+
+def _linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    return nn.functional.linear(x, linear.weight.to(x.dtype), linear.bias.to(x.dtype))

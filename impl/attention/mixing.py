@@ -1,26 +1,51 @@
-"""How a layer applies its attention probabilities to the tokens: every head averages the raw tokens.
+"""How a layer applies its attention probabilities to the tokens and merges the heads.
 
-Each function takes the padded input x of shape (B, C, *K) (K: key grid) and returns the per-head
-averages (B, H, C, *Q) (Q: query grid). They differ only in how the probabilities are given:
+Every head averages the raw tokens under its attention map and one linear map merges the heads:
+out = W [avg_1; ...; avg_H] + b. Two families of functions compute it.
 
-- `mix_shifts`: hard-limit heads, one key per query and axis, given as indices: a gather, no arithmetic.
-- `mix_separable`: one (H, q_a, k_a) matrix per axis (isotropic quadratic, learned row + column):
-  the head's attention is their Kronecker product, applied axis by axis.
+The plain per-head averages (input x (B, C, *K), K the key grid; output (B, H, C, *Q), Q the query grid),
+followed by `merge_heads`. They are the readable formulas and the fallbacks (per-image dropout,
+half-precision inputs):
+
+- `mix_shifts`: hard-limit heads, one key per query and axis, given as indices: a gather.
+- `mix_separable`: one (H, q_a, k_a) matrix per axis (isotropic quadratic, learned row + column); the
+  head's attention is their Kronecker product, applied axis by axis.
 - `mix_dense`: one (H, Nq, Nk) matrix, or (B, H, Nq, Nk) when it differs per image (dropout).
-- `mix_content`: per-image scores from queries and keys plus a positional bias, fused by SDPA.
+
+The fast paths, which return the merged output (B, O, *Q) directly and never hold a
+(B, heads * channels, tokens) tensor:
+
+- `shifts_as_conv`: hard-limit heads whose keys are pure shifts of the query are a convolution; run it.
+- `shifts_merge`: any other hard-limit heads: one gather into channels-last tokens, one projection.
+- `positional_merge`: positional (batch-free) attention, separable or dense. Head by head: the key-side
+  axes are mixed first (small batched matmuls on channels-last tokens), the head's block of the merge
+  projects the channels (the large GEMM; through oneDNN on CPU float32), and the query-side axis is mixed
+  last, accumulating into the output. `PositionalMerge` does this in chunks of images with a hand-written
+  backward that recomputes the per-head tensors instead of keeping them (CPU); `positional_merge_autograd`
+  is the same computation left to autograd (CUDA, autocast, any dtype).
+- `content_attention` / `flex_content`: content scores plus a positional bias: `scaled_dot_product_attention`
+  with the bias as a float mask (CPU, and CUDA with dropout), or FlexAttention on CUDA with the relative
+  score as a `score_mod` built by `relative_score_mod`, whose score logic (`relative_score`) the CPU
+  tests evaluate directly.
 
 verify/reference.py holds the plain dense formula every one of them is checked against.
 """
 
 from __future__ import annotations
 
+import math
 import string
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+# Per-head tensors of a chunk of images are kept near this size, so they stay in cache and are
+# re-used from the allocator's free lists instead of being faulted in afresh at every call.
+CHUNK_BYTES = 1 << 20
 
+
+# -- the plain per-head averages -----------------------------------------------------------------------
 def mix_shifts(x: torch.Tensor, axis_indices: Sequence[torch.Tensor]) -> torch.Tensor:
     """x (B, C, *K), axis_indices[a] (H, q_a) long -> (B, H, C, *Q): out[.., h, :, q] = x[.., :, index_h(q)]."""
     n = len(axis_indices)
@@ -64,17 +89,421 @@ def mix_dense(x: torch.Tensor, probs: torch.Tensor, query_shape: Sequence[int]) 
     return y.reshape(*y.shape[:3], *query_shape)
 
 
-def mix_content(queries: torch.Tensor, keys: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None,
-                query_shape: Sequence[int], dropout: float) -> torch.Tensor:
+def merge_heads(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y (B, H, C, *Q) -> (B, O, *Q): the merge as a 1x1 map over head-major channels."""
+    y = y.flatten(1, 2)
+    out = torch.einsum("oc,bc...->bo...", weight.to(y.dtype), y)
+    if bias is not None:
+        out = out + bias.to(out.dtype).reshape(-1, *[1] * (y.dim() - 2))
+    return out
+
+
+# -- GEMM helpers on channels-last tokens --------------------------------------------------------------
+def _onednn(t: torch.Tensor) -> bool:
+    """oneDNN's convolution is the fastest float32 GEMM torch has on CPU (MKL's sgemm runs at half its
+    speed on some x86 CPUs); use it through a 1x1 convolution on channels-last tokens."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
+        and torch.backends.mkldnn.enabled
+
+
+def _as_nhwc(t: torch.Tensor) -> torch.Tensor:
+    """(b, D0, ..., C) contiguous -> the same memory as a channels-last (b, C, D0, prod(D1..)) view."""
+    lead = t.shape[:-1]
+    rest = math.prod(lead[2:]) if len(lead) > 2 else 1
+    d0 = lead[1] if len(lead) > 1 else 1
+    return t.view(lead[0], d0, rest, t.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _from_nhwc(out4: torch.Tensor, lead: Sequence[int]) -> torch.Tensor:
+    """A (b, O, h, w) result back to (*lead, O) contiguous (a view when oneDNN kept channels-last)."""
+    return out4.permute(0, 2, 3, 1).reshape(*lead, out4.shape[1])
+
+
+def project(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """u (..., Cin) contiguous, w (Cout, Cin) -> u @ w.T (..., Cout) contiguous; differentiable."""
+    if _onednn(u) and u.dim() >= 2:
+        out4 = torch.mkldnn_convolution(_as_nhwc(u), w.contiguous()[:, :, None, None], None,
+                                        [0, 0], [1, 1], [1, 1], 1)
+        return _from_nhwc(out4, u.shape[:-1])
+    return (u.reshape(-1, u.shape[-1]) @ w.t()).view(*u.shape[:-1], w.shape[0])
+
+
+def weight_grad(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """g (..., O), y (..., C) with the same leading shape -> sum over rows of g^T y: (O, C), the gradient of
+    w (O, C) in `project(y, w)`."""
+    if _onednn(g) and g.dim() >= 3:
+        # rows as (b * D0, D1.., 1): oneDNN takes the weight gradient when the batch is >= 16 even on
+        # one thread (torch's heuristic), which holds for every image but the smallest.
+        lead = g.shape[:-1]
+        rows = (lead[0] * lead[1], math.prod(lead[2:]) if len(lead) > 2 else 1, 1)
+        g4 = g.reshape(*rows, g.shape[-1]).permute(0, 3, 1, 2)
+        y4 = y.reshape(*rows, y.shape[-1]).permute(0, 3, 1, 2)
+        w4 = w.contiguous()[:, :, None, None]
+        return torch.ops.aten.convolution_backward(g4, y4, w4, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                                                   [False, True, False])[1].view(g.shape[-1], y.shape[-1])
+    return g.reshape(-1, g.shape[-1]).t() @ y.reshape(-1, y.shape[-1])
+
+
+def axis_apply(p: torch.Tensor, t: torch.Tensor, axis: int, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Contract grid axis `axis` of channels-last t (b, D0, .., D_{n-1}, C) with p (Q, D_axis).
+
+    Returns (b, D0, .., Q, .., C); with `out` (that shape, contiguous) adds into it and returns it.
+    A batched matmul with p broadcast (stride 0) over the leading rows: no copy of t.
+    """
+    dim = axis + 1
+    before = math.prod(t.shape[:dim])
+    after = math.prod(t.shape[dim + 1:])
+    t3 = t.reshape(before, t.shape[dim], after)
+    pe = p.expand(before, *p.shape)
+    if out is not None:
+        out.view(before, p.shape[0], after).baddbmm_(pe, t3)
+        return out
+    return torch.bmm(pe, t3).view(*t.shape[:dim], p.shape[0], *t.shape[dim + 1:])
+
+
+def axis_contract(g: torch.Tensor, t: torch.Tensor, axis: int) -> torch.Tensor:
+    """sum over everything but grid axis `axis` of g[.., q, ..] t[.., k, ..]: (Q, K), the gradient of p
+    for `axis_apply(p, t, axis)` with upstream g."""
+    dim = axis + 1
+    before = math.prod(t.shape[:dim])
+    after = math.prod(t.shape[dim + 1:])
+    g3 = g.reshape(before, g.shape[dim], after)
+    t3 = t.reshape(before, t.shape[dim], after)
+    if before == 1:
+        return g3[0] @ t3[0].t()
+    if after >= before:
+        return torch.bmm(g3, t3.transpose(1, 2)).sum(0)
+    # few long rows: one GEMM over (before, after) per side
+    return g3.transpose(0, 1).reshape(g.shape[dim], -1) @ t3.transpose(0, 1).reshape(t.shape[dim], -1).t()
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(b, C, *S) -> (b, *S, C) contiguous."""
+    return x.movedim(1, -1).contiguous()
+
+
+def _chunk(batch: int, per_image: int, element_size: int, device: torch.device) -> int:
+    if device.type != "cpu" or batch <= 1:
+        return max(batch, 1)
+    size = max(1, CHUNK_BYTES // max(1, per_image * element_size))
+    count = -(-batch // size)
+    return -(-batch // count)  # balanced chunks
+
+
+# -- positional attention: key-side axes, per-head projection, query-side axis -------------------------
+def _key_side(x_cl: torch.Tensor, key_probs: Sequence[torch.Tensor], h: int, stages: list | None = None):
+    """Mix grid axes n-1 .. 1 of channels-last x_cl with head h's matrices; axis 0 stays keys."""
+    t = x_cl
+    for axis in range(len(key_probs), 0, -1):
+        if stages is not None:
+            stages.append(t)
+        t = axis_apply(key_probs[axis - 1][h], t, axis)
+    return t
+
+
+class PositionalMerge(torch.autograd.Function):
+    """out = sum_h P0_h x_0 (W_h (P_{n-1,h} x_{n-1} ... P_{1,h} x_1 x)) + b, chunked, recomputing in backward.
+
+    x (B, C, K0, .., K_{n-1}); query_probs (H, Q0, K0); key_probs[a - 1] (H, Q_a, K_a) for a = 1..n-1;
+    weight (O, H * C); bias (O,) or None. Returns (B, O, Q0, .., Q_{n-1}) contiguous. Saves only its inputs.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, query_probs, *key_probs):
+        batch, channels = x.shape[:2]
+        heads, q0, k0 = query_probs.shape
+        out_dim = weight.shape[0]
+        q_rest = [p.shape[1] for p in key_probs]
+        w_heads = weight.view(out_dim, heads, channels).transpose(0, 1).contiguous()  # (H, O, C)
+        out = x.new_empty(batch, out_dim, q0, *q_rest)
+        per_image = max(k0, q0) * max(math.prod(q_rest), math.prod(x.shape[3:])) * max(channels, out_dim)
+        chunk = _chunk(batch, per_image, x.element_size(), x.device)
+        for start in range(0, batch, chunk):
+            stop = min(batch, start + chunk)
+            x_cl = _channels_last(x[start:stop])                                 # (b, K0, .., C)
+            out_cl = x.new_empty(stop - start, q0, *q_rest, out_dim)             # (b, Q0, .., O)
+            if bias is None:
+                out_cl.zero_()
+            else:
+                out_cl.copy_(bias.expand_as(out_cl))
+            for h in range(heads):
+                u = _key_side(x_cl, key_probs, h)                                # (b, K0, Q1.., C)
+                v = project(u, w_heads[h])                                       # (b, K0, Q1.., O)
+                axis_apply(query_probs[h], v, 0, out=out_cl)
+            out[start:stop] = out_cl.movedim(-1, 1)
+        ctx.save_for_backward(x, weight, query_probs, *key_probs)
+        ctx.has_bias = bias is not None
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight, query_probs, *key_probs = ctx.saved_tensors
+        need_x, need_w, need_b, need_q, *need_k = ctx.needs_input_grad
+        batch, channels = x.shape[:2]
+        heads = query_probs.shape[0]
+        out_dim = weight.shape[0]
+        n_key = len(key_probs)
+        w_heads = weight.view(out_dim, heads, channels).transpose(0, 1)           # (H, O, C)
+        w_t = w_heads.transpose(1, 2).contiguous()                               # (H, C, O)
+        q_t = query_probs.transpose(1, 2).contiguous()                           # (H, K0, Q0)
+        k_t = [p.transpose(1, 2).contiguous() for p in key_probs]
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_w = x.new_zeros(heads, out_dim, channels) if need_w else None
+        grad_q = torch.zeros_like(query_probs) if need_q else None
+        grad_k = [torch.zeros_like(p) if need else None for p, need in zip(key_probs, need_k)]
+        need_u_grad = need_x or any(need_k)
+        for start in range(0, batch, ctx.chunk):
+            stop = min(batch, start + ctx.chunk)
+            g_cl = _channels_last(grad[start:stop])                              # (b, Q0, .., O)
+            x_cl = _channels_last(x[start:stop])
+            gx_cl = torch.zeros_like(x_cl) if need_x else None
+            for h in range(heads):
+                stages: list = []
+                u = _key_side(x_cl, key_probs, h, stages)                        # (b, K0, Q1.., C)
+                if need_w:
+                    grad_w[h] += weight_grad(g_cl, axis_apply(query_probs[h], u, 0), w_heads[h])
+                if not (need_q or need_u_grad):
+                    continue
+                t = project(g_cl, w_t[h])                                        # (b, Q0, Q1.., C)
+                if need_q:
+                    grad_q[h] += axis_contract(t, u, 0)
+                if not need_u_grad:
+                    continue
+                if n_key == 0:
+                    if need_x:
+                        axis_apply(q_t[h], t, 0, out=gx_cl)
+                    continue
+                g = axis_apply(q_t[h], t, 0)                                     # (b, K0, Q1.., C)
+                for axis in range(1, n_key + 1):  # undo the key side, last applied first
+                    source = stages[n_key - axis]
+                    if need_k[axis - 1]:
+                        grad_k[axis - 1][h] += axis_contract(g, source, axis)
+                    if axis < n_key:
+                        g = axis_apply(k_t[axis - 1][h], g, axis)
+                    elif need_x:
+                        axis_apply(k_t[axis - 1][h], g, axis, out=gx_cl)
+            if need_x:
+                grad_x[start:stop] = gx_cl.movedim(-1, 1)
+        grad_weight = grad_w.transpose(0, 1).reshape(out_dim, heads * channels) if need_w else None
+        grad_bias = grad.sum([d for d in range(grad.dim()) if d != 1]) if need_b and ctx.has_bias else None
+        return (grad_x, grad_weight, grad_bias, grad_q, *grad_k)
+
+
+def positional_merge_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                              query_probs: torch.Tensor, key_probs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The computation of `PositionalMerge`, whole batch, left to autograd (CUDA, autocast, any dtype)."""
+    batch, channels = x.shape[:2]
+    heads = query_probs.shape[0]
+    out_dim = weight.shape[0]
+    w_heads = weight.view(out_dim, heads, channels).transpose(0, 1)
+    x_cl = x.movedim(1, -1)
+    out = None
+    for h in range(heads):
+        u = x_cl
+        for axis in range(len(key_probs), 0, -1):
+            u = torch.movedim(torch.tensordot(key_probs[axis - 1][h].to(u.dtype), u, dims=([1], [axis + 1])), 0, axis + 1)
+        v = u @ w_heads[h].t().to(u.dtype)                                      # (B, K0, Q1.., O)
+        y = torch.movedim(torch.tensordot(query_probs[h].to(v.dtype), v, dims=([1], [1])), 0, 1)
+        out = y if out is None else out + y
+    if bias is not None:
+        out = out + bias.to(out.dtype)
+    return out.movedim(-1, 1)
+
+
+def positional_merge(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     query_probs: torch.Tensor, key_probs: Sequence[torch.Tensor] = (), *,
+                     fused: bool | None = None) -> torch.Tensor:
+    """Positional attention and merge. x (B, C, K0, .., K_{n-1}); query_probs (H, Q0, K0) mixes grid axis 0;
+    key_probs[a - 1] (H, Q_a, K_a) mixes axis a (separable heads; empty for a dense (H, Nq, Nk) matrix on a
+    flattened grid). Returns (B, O, Q0, .., Q_{n-1}).
+
+    fused: True for `PositionalMerge` (chunked, hand-written backward), False for autograd; None picks
+    the fused one for float32/float64 outside autocast.
+    """
+    if fused is None:
+        fused = x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
+    if not fused:
+        return positional_merge_autograd(x, weight, bias, query_probs, key_probs)
+    dtype = x.dtype
+    probs = [query_probs.to(dtype), *(p.to(dtype) for p in key_probs)]
+    return PositionalMerge.apply(x, weight.to(dtype), None if bias is None else bias.to(dtype), *probs)
+
+
+# -- hard-limit heads -----------------------------------------------------------------------------------
+def pure_shifts(axis_indices: Sequence[torch.Tensor], query_positions: Sequence[Sequence[int]]) -> list[list[int]] | None:
+    """Per axis, the key - query shift of every head when each head reads key q + shift for every query q
+    (no clamping at the border); None otherwise."""
+    shifts = []
+    for idx, positions in zip(axis_indices, query_positions):
+        pos = torch.as_tensor(list(positions), device=idx.device)
+        delta = idx - pos[None, :]
+        if not bool((delta == delta[:, :1]).all()):
+            return None
+        shifts.append(delta[:, 0].tolist())
+    return shifts
+
+
+def shifts_as_conv(x: torch.Tensor, shifts: Sequence[Sequence[int]], margins_before: Sequence[int],
+                   strides: Sequence[int], query_shape: Sequence[int], weight: torch.Tensor,
+                   bias: torch.Tensor | None, max_taps: int,
+                   zero_pads: Sequence[tuple[int, int]] | None = None) -> torch.Tensor | None:
+    """Hard heads that read key q + s_h for every query q: out = sum_h W_h x[q + s_h] is a convolution
+    over the box of shifts (dilated by their common step), with W_h at tap s_h.
+
+    x is the padded input (B, C, *K), or with `zero_pads` the unpadded one, to be zero-padded by
+    (before, after) per axis (then the convolution pads, and only as far as its window reaches). Returns
+    None when the box has more than `max_taps` taps (then the gather is cheaper)."""
+    n = len(shifts)
+    heads = len(shifts[0])
+    channels = x.shape[1]
+    low = [min(s) for s in shifts]
+    step = [math.gcd(*[v - lo for v in s]) or 1 for s, lo in zip(shifts, low)]
+    kernel = [(max(s) - lo) // d + 1 for s, lo, d in zip(shifts, low, step)]
+    if math.prod(kernel) > max_taps:
+        return None
+    taps = torch.zeros(heads, dtype=torch.long)
+    for axis in range(n):
+        taps = taps * kernel[axis] + torch.tensor([(v - low[axis]) // step[axis] for v in shifts[axis]])
+    blocks = weight.view(weight.shape[0], heads, channels).transpose(1, 2)            # (O, C, H)
+    kernel_w = blocks.new_zeros(weight.shape[0], channels, math.prod(kernel))
+    kernel_w = kernel_w.index_add(2, taps.to(weight.device), blocks).view(weight.shape[0], channels, *kernel)
+    window, pads = [], []
+    for axis in range(n):
+        begin = margins_before[axis] + low[axis]             # padded coordinates
+        length = (query_shape[axis] - 1) * strides[axis] + step[axis] * (kernel[axis] - 1) + 1
+        if zero_pads is None:
+            window.append(slice(begin, begin + length))
+            pads.append((0, 0))
+        else:                                                # unpadded coordinates, zeros outside
+            size = x.shape[2 + axis]
+            start, stop = begin - zero_pads[axis][0], begin - zero_pads[axis][0] + length
+            window.append(slice(max(start, 0), min(stop, size)))
+            pads.append((max(0, -start), max(0, stop - size)))
+    xs = x[(slice(None), slice(None), *window)]
+    if all(b == a for b, a in pads):
+        padding = tuple(b for b, _ in pads)
+    else:
+        xs = F.pad(xs, [p for pair in reversed(pads) for p in pair])
+        padding = 0
+    conv = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
+    return conv(xs, kernel_w.to(x.dtype), None if bias is None else bias.to(x.dtype),
+                stride=tuple(strides), padding=padding, dilation=tuple(step))
+
+
+def shifts_merge(x: torch.Tensor, axis_indices: Sequence[torch.Tensor], weight: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """Any hard heads: gather every head's key into channels-last (B, *Q, H, C), then one projection."""
+    n = len(axis_indices)
+    heads = axis_indices[0].shape[0]
+    x_cl = x.movedim(1, -1)                                                  # (B, *K, C)
+    index = []
+    for axis, idx in enumerate(axis_indices):
+        shape = [1] * n + [heads]
+        shape[axis] = idx.shape[1]
+        index.append(idx.t().reshape(shape))
+    gathered = x_cl[(slice(None), *index)]                                   # (B, *Q, H, C)
+    tokens = gathered.reshape(*gathered.shape[:-2], -1)
+    out = project(tokens, weight.to(x.dtype))
+    if bias is not None:
+        out = out + bias.to(out.dtype)
+    return out.movedim(-1, 1)
+
+
+# -- content scores -------------------------------------------------------------------------------------
+def padded_bias(bias: torch.Tensor) -> torch.Tensor:
+    """The same (.., Nk) values in storage whose rows are a multiple of 8 long, as the memory-efficient
+    SDPA kernel wants for a float mask."""
+    nk = bias.shape[-1]
+    if nk % 8 == 0:
+        return bias
+    storage = bias.new_zeros(*bias.shape[:-1], -(-nk // 8) * 8)
+    storage[..., :nk] = bias
+    return storage[..., :nk]
+
+
+def content_attention(queries: torch.Tensor, keys: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None,
+                      dropout: float) -> torch.Tensor:
     """Content scores q.k / sqrt(d) plus a positional bias (H, Nq, Nk), softmax, average of raw tokens.
 
-    queries (B, H, Nq, d), keys (B, H, Nk, d), x (B, C, *K) -> (B, H, C, *Q). Fused by
+    queries (B, H, Nq, d), keys (B, H, Nk, d), x (B, C, *K) -> per-head averages (B, H, Nq, C). Fused by
     `scaled_dot_product_attention`: no (B, H, Nq, Nk) score tensor is kept for backward by our code, and its
-    dropout draws an independent mask per image.
+    dropout draws an independent mask per image. The bias is stored with rows padded to a multiple of 8.
     """
     batch, heads = queries.shape[:2]
     values = x.flatten(2).transpose(1, 2)[:, None].expand(batch, heads, -1, -1)  # (B, H, Nk, C)
-    mask = None if bias is None else bias.to(queries.dtype)[None]
-    y = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, dropout_p=dropout)
-    y = y.transpose(2, 3)  # (B, H, C, Nq)
+    mask = None if bias is None else padded_bias(bias.to(queries.dtype))[None]
+    return F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, dropout_p=dropout)
+
+
+def mix_content(queries: torch.Tensor, keys: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None,
+                query_shape: Sequence[int], dropout: float) -> torch.Tensor:
+    """`content_attention` in the plain functions' layout: (B, H, C, *Q)."""
+    y = content_attention(queries, keys, x, bias, dropout).transpose(2, 3)
     return y.reshape(*y.shape[:3], *query_shape)
+
+
+def relative_score(head, q_idx, kv_idx, tables: Sequence[torch.Tensor], query_shape: Sequence[int],
+                   key_shape: Sequence[int]):
+    """The positional score of head `head` for flat query index `q_idx` and flat key index `kv_idx`.
+
+    tables: separable encodings give one (H, Q_a, K_a) logits table per axis (summed); a non-separable one
+    gives a single dense (H, Nq, Nk) table (`key_shape`/`query_shape` then the flat sizes). Works on
+    integer tensors of any broadcastable shapes: the CPU tests evaluate it on whole index grids, and
+    `relative_score_mod` hands it to FlexAttention as the score_mod.
+    """
+    if len(tables) == 1 and len(query_shape) == 1:
+        return tables[0][head, q_idx, kv_idx]
+    score = 0
+    q_rest, k_rest = q_idx, kv_idx
+    for axis in range(len(tables) - 1, -1, -1):
+        q_a, k_a = q_rest % query_shape[axis], k_rest % key_shape[axis]
+        q_rest, k_rest = q_rest // query_shape[axis], k_rest // key_shape[axis]
+        score = score + tables[axis][head, q_a, k_a]
+    return score
+
+
+def relative_score_mod(tables: Sequence[torch.Tensor], query_shape: Sequence[int], key_shape: Sequence[int]):
+    """A FlexAttention score_mod adding `relative_score` to the content score."""
+    tables = list(tables)
+    query_shape, key_shape = tuple(query_shape), tuple(key_shape)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + relative_score(h, q_idx, kv_idx, tables, query_shape, key_shape).to(score.dtype)
+
+    return score_mod
+
+
+_FLEX = {}
+
+
+def _compiled_flex():
+    """torch.compile(flex_attention), built once; None where FlexAttention is unavailable."""
+    if "fn" not in _FLEX:
+        try:
+            from torch.nn.attention.flex_attention import flex_attention
+            _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+        except Exception:  # pragma: no cover - torch without FlexAttention
+            _FLEX["fn"] = None
+    return _FLEX["fn"]
+
+
+def use_flex(queries: torch.Tensor, dropout: float) -> bool:
+    """FlexAttention on CUDA (it has no dropout and no CPU backward); SDPA elsewhere."""
+    return queries.is_cuda and dropout == 0 and _compiled_flex() is not None
+
+
+def flex_content(queries: torch.Tensor, keys: torch.Tensor, x: torch.Tensor, tables: Sequence[torch.Tensor] | None,
+                 query_shape: Sequence[int], key_shape: Sequence[int], *, compiled: bool = True) -> torch.Tensor:
+    """Content + relative positional attention by FlexAttention: the score is never materialised.
+
+    Same contract as `content_attention` (per-head averages (B, H, Nq, C)); tables as for `relative_score`
+    (None: content only). compiled=False runs the eager (unfused, CPU-capable, forward-only) version.
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+    batch, heads = queries.shape[:2]
+    values = x.flatten(2).transpose(1, 2)[:, None].expand(batch, heads, -1, -1).to(queries.dtype)
+    score_mod = None if tables is None else relative_score_mod(tables, query_shape, key_shape)
+    fn = _compiled_flex() if compiled else flex_attention
+    return fn(queries, keys, values, score_mod=score_mod)
