@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+SHELL := /bin/bash
 .PHONY: setup test demo verify bench-check bench clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -31,8 +32,18 @@ demo: setup
 verify: setup
 	$(PY) -m verify
 
+## Every asv benchmark once (--quick) on this environment, so a broken benchmark fails the test run.
+## --dry-run: nothing is saved, the committed history under bench/results/ is not touched.
 bench-check: setup
-	@echo "bench-check: asv suite (added with the performance work)"
+	$(VENV)/bin/asv machine --yes >/dev/null
+	set -o pipefail; $(VENV)/bin/asv run --environment existing:$(abspath $(PY)) --quick --dry-run \
+		--show-stderr 2>&1 | tee .asv-check.log
+	@! grep -E " failed$$|Traceback" .asv-check.log
+
+## Record this machine's benchmarks of HEAD into the committed history (bench/results/), then draw the HTML.
+bench: setup
+	$(VENV)/bin/asv run --environment existing:$(abspath $(PY)) --set-commit-hash $$(git rev-parse HEAD)
+	$(VENV)/bin/asv publish
 
 clean:
 	rm -rf $(VENV) .hypothesis .pytest_cache

@@ -223,3 +223,49 @@ def test_padded_bias_keeps_values_and_aligns_rows():
     assert padded.stride(-2) % 8 == 0
     aligned = torch.randn(2, 3, 16)
     assert mixing.padded_bias(aligned) is aligned
+
+
+def _plain_per_image(x, weight, bias, probs):
+    """mix_dense + merge_heads: the per-image (dropout) path's plain formula."""
+    y = mixing.mix_dense(x, probs, (probs.shape[-2],))
+    return mixing.merge_heads(y, weight, bias)
+
+
+@pytest.mark.statement(STATEMENT)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-chunked", "autograd"])
+@examples(0.3)
+@given(batch=st.integers(1, 3), heads=st.integers(1, 4), channels=st.integers(1, 4), out_dim=st.integers(1, 4),
+       tokens=st.integers(1, 12), queries=st.integers(1, 12), bias=st.booleans(), seed=strategies.seeds())
+def test_per_image_probabilities_equal_plain_path(fused, batch, heads, channels, out_dim, tokens, queries, bias,
+                                                  seed):
+    """The attention-dropout path: one (H, Nq, Nk) matrix per image (dropped-out probabilities: >= 0, rows
+    not summing to 1). Output and gradients wrt x, W, b and the probabilities equal mix_dense + merge_heads
+    within twice gamma_n of the sums of |terms| (those sums: the same computation on absolute values)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, tokens, generator=g, dtype=torch.float64)
+    probs = torch.rand(batch, heads, queries, tokens, generator=g, dtype=torch.float64)
+    probs = probs * (torch.rand(probs.shape, generator=g, dtype=torch.float64) > 0.3) / 0.7
+    weight = torch.randn(out_dim, heads * channels, generator=g, dtype=torch.float64)
+    b = torch.randn(out_dim, generator=g, dtype=torch.float64) if bias else None
+    upstream = torch.randn(batch, out_dim, queries, generator=g, dtype=torch.float64)
+
+    def run(fn, x, weight, b, probs, upstream):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, probs)]
+        b_leaf = None if b is None else b.detach().clone().requires_grad_(True)
+        out = fn(leaves[0], leaves[1], b_leaf, leaves[2])
+        (out * upstream).sum().backward()
+        return [out.detach()] + [t.grad for t in leaves] + ([] if b_leaf is None else [b_leaf.grad])
+
+    saved, mixing.CHUNK_BYTES = mixing.CHUNK_BYTES, 1
+    try:
+        fast = run(lambda *a: mixing.positional_merge(*a, fused=fused), x, weight, b, probs, upstream)
+    finally:
+        mixing.CHUNK_BYTES = saved
+    plain = run(_plain_per_image, x, weight, b, probs, upstream)
+    absolute = run(_plain_per_image, x.abs(), weight.abs(), None if b is None else b.abs(), probs, upstream.abs())
+    n = tokens + heads * channels + batch * queries + out_dim + 2
+    names = ["output", "d/dx", "d/dW", "d/dprobs", "d/db"]
+    checks = [(f"max|positional_merge - plain| ({name})", (f - p).abs(), 2 * tolerances.gamma(n, torch.float64) * a)
+              for name, f, p, a in zip(names, fast, plain, absolute)]
+    assert_all_within(STATEMENT, checks, f"per-image probabilities, fused={fused}, B={batch}, H={heads}, "
+                      f"C={channels}, O={out_dim}, Nk={tokens}, Nq={queries}, bias={bias}", "")

@@ -20,7 +20,7 @@ from torch import nn
 
 from .encodings import ENCODINGS, LearnedEncoding, QuadraticEncoding, RelativeEncoding, build_encoding
 from .geometry import Geometry
-from .mixing import (content_attention, flex_content, merge_heads, mix_dense, positional_merge, project, pure_shifts,
+from .mixing import (content_attention, flex_content, positional_merge, project, pure_shifts,
                      shifts_as_conv, shifts_merge, use_flex)
 
 
@@ -245,7 +245,8 @@ class RelativeSelfAttention(nn.Module):
             probs = value if kind == "dense" else \
                 self.attention_probabilities(spatial_shape, compute_dtype, x.device)
             probs = nn.functional.dropout(probs.expand(x.shape[0], *probs.shape), dropout)
-            return merge_heads(mix_dense(self.geometry.pad(x), probs, query_shape), weight, bias)
+            out = positional_merge(self.geometry.pad(x).flatten(2), weight, bias, probs)
+            return out.reshape(*out.shape[:2], *query_shape)
         if kind == "shifts":
             return self._shifts_forward(x, spatial_shape, query_shape, value, derived)
         x_keys, probs = self._real_keys(x, spatial_shape, kind, value, derived)

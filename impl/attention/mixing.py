@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 # Per-head tensors of a chunk of images are kept near this size, so they stay in cache and are
 # re-used from the allocator's free lists instead of being faulted in afresh at every call.
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 4 << 20
 
 
 # -- the plain per-head averages -----------------------------------------------------------------------
@@ -132,10 +132,11 @@ def weight_grad(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tens
     """g (..., O), y (..., C) with the same leading shape -> sum over rows of g^T y: (O, C), the gradient of
     w (O, C) in `project(y, w)`."""
     if _onednn(g) and g.dim() >= 3:
-        # rows as (b * D0, D1.., 1): oneDNN takes the weight gradient when the batch is >= 16 even on
-        # one thread (torch's heuristic), which holds for every image but the smallest.
-        lead = g.shape[:-1]
-        rows = (lead[0] * lead[1], math.prod(lead[2:]) if len(lead) > 2 else 1, 1)
+        # rows as an (n, w, 1) channels-last image batch with n >= 16 and w > 1: torch then takes oneDNN's
+        # weight gradient even on one thread, and the layout is unambiguous.
+        count = math.prod(g.shape[:-1])
+        width = next((w for w in (64, 32, 16, 8, 4, 2) if count % w == 0 and count // w >= 16), 1)
+        rows = (count // width, width, 1)
         g4 = g.reshape(*rows, g.shape[-1]).permute(0, 3, 1, 2)
         y4 = y.reshape(*rows, y.shape[-1]).permute(0, 3, 1, 2)
         w4 = w.contiguous()[:, :, None, None]
@@ -145,7 +146,8 @@ def weight_grad(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tens
 
 
 def axis_apply(p: torch.Tensor, t: torch.Tensor, axis: int, *, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Contract grid axis `axis` of channels-last t (b, D0, .., D_{n-1}, C) with p (Q, D_axis).
+    """Contract grid axis `axis` of channels-last t (b, D0, .., D_{n-1}, C) with p (Q, D_axis), or for
+    axis 0 with one matrix per image, p (b, Q, D_0).
 
     Returns (b, D0, .., Q, .., C); with `out` (that shape, contiguous) adds into it and returns it.
     A batched matmul with p broadcast (stride 0) over the leading rows: no copy of t.
@@ -154,21 +156,23 @@ def axis_apply(p: torch.Tensor, t: torch.Tensor, axis: int, *, out: torch.Tensor
     before = math.prod(t.shape[:dim])
     after = math.prod(t.shape[dim + 1:])
     t3 = t.reshape(before, t.shape[dim], after)
-    pe = p.expand(before, *p.shape)
+    pe = p if p.dim() == 3 else p.expand(before, *p.shape)  # (b, Q, D) on axis 0: one matrix per image
     if out is not None:
-        out.view(before, p.shape[0], after).baddbmm_(pe, t3)
+        out.view(before, p.shape[-2], after).baddbmm_(pe, t3)
         return out
-    return torch.bmm(pe, t3).view(*t.shape[:dim], p.shape[0], *t.shape[dim + 1:])
+    return torch.bmm(pe, t3).view(*t.shape[:dim], p.shape[-2], *t.shape[dim + 1:])
 
 
-def axis_contract(g: torch.Tensor, t: torch.Tensor, axis: int) -> torch.Tensor:
+def axis_contract(g: torch.Tensor, t: torch.Tensor, axis: int, per_image: bool = False) -> torch.Tensor:
     """sum over everything but grid axis `axis` of g[.., q, ..] t[.., k, ..]: (Q, K), the gradient of p
-    for `axis_apply(p, t, axis)` with upstream g."""
+    for `axis_apply(p, t, axis)` with upstream g; per_image (axis 0): (b, Q, K), one per image."""
     dim = axis + 1
     before = math.prod(t.shape[:dim])
     after = math.prod(t.shape[dim + 1:])
     g3 = g.reshape(before, g.shape[dim], after)
     t3 = t.reshape(before, t.shape[dim], after)
+    if per_image:
+        return torch.bmm(g3, t3.transpose(1, 2))
     if before == 1:
         return g3[0] @ t3[0].t()
     if after >= before:
@@ -204,20 +208,22 @@ def _key_side(x_cl: torch.Tensor, key_probs: Sequence[torch.Tensor], h: int, sta
 class PositionalMerge(torch.autograd.Function):
     """out = sum_h P0_h x_0 (W_h (P_{n-1,h} x_{n-1} ... P_{1,h} x_1 x)) + b, chunked, recomputing in backward.
 
-    x (B, C, K0, .., K_{n-1}); query_probs (H, Q0, K0); key_probs[a - 1] (H, Q_a, K_a) for a = 1..n-1;
-    weight (O, H * C); bias (O,) or None. Returns (B, O, Q0, .., Q_{n-1}) contiguous. Saves only its inputs.
+    x (B, C, K0, .., K_{n-1}); query_probs (H, Q0, K0), or (B, H, Q0, K0) with one matrix per image (per-image
+    dropout); key_probs[a - 1] (H, Q_a, K_a) for a = 1..n-1; weight (O, H * C); bias (O,) or None. Returns
+    (B, O, Q0, .., Q_{n-1}) contiguous. Saves only its inputs.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, query_probs, *key_probs):
         batch, channels = x.shape[:2]
-        heads, q0, k0 = query_probs.shape
+        heads, q0, k0 = query_probs.shape[-3:]
         out_dim = weight.shape[0]
         q_rest = [p.shape[1] for p in key_probs]
+        per_image = query_probs.dim() == 4
         w_heads = weight.view(out_dim, heads, channels).transpose(0, 1).contiguous()  # (H, O, C)
         out = x.new_empty(batch, out_dim, q0, *q_rest)
-        per_image = max(k0, q0) * max(math.prod(q_rest), math.prod(x.shape[3:])) * max(channels, out_dim)
-        chunk = _chunk(batch, per_image, x.element_size(), x.device)
+        image_elements = max(k0, q0) * max(math.prod(q_rest), math.prod(x.shape[3:])) * max(channels, out_dim)
+        chunk = _chunk(batch, image_elements, x.element_size(), x.device)
         for start in range(0, batch, chunk):
             stop = min(batch, start + chunk)
             x_cl = _channels_last(x[start:stop])                                 # (b, K0, .., C)
@@ -229,7 +235,8 @@ class PositionalMerge(torch.autograd.Function):
             for h in range(heads):
                 u = _key_side(x_cl, key_probs, h)                                # (b, K0, Q1.., C)
                 v = project(u, w_heads[h])                                       # (b, K0, Q1.., O)
-                axis_apply(query_probs[h], v, 0, out=out_cl)
+                p0 = query_probs[start:stop, h] if per_image else query_probs[h]
+                axis_apply(p0, v, 0, out=out_cl)
             out[start:stop] = out_cl.movedim(-1, 1)
         ctx.save_for_backward(x, weight, query_probs, *key_probs)
         ctx.has_bias = bias is not None
@@ -242,12 +249,15 @@ class PositionalMerge(torch.autograd.Function):
         x, weight, query_probs, *key_probs = ctx.saved_tensors
         need_x, need_w, need_b, need_q, *need_k = ctx.needs_input_grad
         batch, channels = x.shape[:2]
-        heads = query_probs.shape[0]
+        per_image = query_probs.dim() == 4
+        heads = query_probs.shape[-3]
         out_dim = weight.shape[0]
         n_key = len(key_probs)
         w_heads = weight.view(out_dim, heads, channels).transpose(0, 1)           # (H, O, C)
         w_t = w_heads.transpose(1, 2).contiguous()                               # (H, C, O)
-        q_t = query_probs.transpose(1, 2).contiguous()                           # (H, K0, Q0)
+        q_t = query_probs.transpose(-1, -2)                                      # (.., H, K0, Q0)
+        if not per_image:
+            q_t = q_t.contiguous()
         k_t = [p.transpose(1, 2).contiguous() for p in key_probs]
         grad_x = torch.empty_like(x) if need_x else None
         grad_w = x.new_zeros(heads, out_dim, channels) if need_w else None
@@ -260,22 +270,27 @@ class PositionalMerge(torch.autograd.Function):
             x_cl = _channels_last(x[start:stop])
             gx_cl = torch.zeros_like(x_cl) if need_x else None
             for h in range(heads):
+                p0 = query_probs[start:stop, h] if per_image else query_probs[h]
+                p0_t = q_t[start:stop, h] if per_image else q_t[h]
                 stages: list = []
                 u = _key_side(x_cl, key_probs, h, stages)                        # (b, K0, Q1.., C)
                 if need_w:
-                    grad_w[h] += weight_grad(g_cl, axis_apply(query_probs[h], u, 0), w_heads[h])
+                    grad_w[h] += weight_grad(g_cl, axis_apply(p0, u, 0), w_heads[h])
                 if not (need_q or need_u_grad):
                     continue
                 t = project(g_cl, w_t[h])                                        # (b, Q0, Q1.., C)
                 if need_q:
-                    grad_q[h] += axis_contract(t, u, 0)
+                    if per_image:
+                        grad_q[start:stop, h] = axis_contract(t, u, 0, per_image=True)
+                    else:
+                        grad_q[h] += axis_contract(t, u, 0)
                 if not need_u_grad:
                     continue
                 if n_key == 0:
                     if need_x:
-                        axis_apply(q_t[h], t, 0, out=gx_cl)
+                        axis_apply(p0_t, t, 0, out=gx_cl)
                     continue
-                g = axis_apply(q_t[h], t, 0)                                     # (b, K0, Q1.., C)
+                g = axis_apply(p0_t, t, 0)                                       # (b, K0, Q1.., C)
                 for axis in range(1, n_key + 1):  # undo the key side, last applied first
                     source = stages[n_key - axis]
                     if need_k[axis - 1]:
@@ -295,7 +310,7 @@ def positional_merge_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch
                               query_probs: torch.Tensor, key_probs: Sequence[torch.Tensor]) -> torch.Tensor:
     """The computation of `PositionalMerge`, whole batch, left to autograd (CUDA, autocast, any dtype)."""
     batch, channels = x.shape[:2]
-    heads = query_probs.shape[0]
+    heads = query_probs.shape[-3]
     out_dim = weight.shape[0]
     w_heads = weight.view(out_dim, heads, channels).transpose(0, 1)
     x_cl = x.movedim(1, -1)
@@ -305,7 +320,11 @@ def positional_merge_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch
         for axis in range(len(key_probs), 0, -1):
             u = torch.movedim(torch.tensordot(key_probs[axis - 1][h].to(u.dtype), u, dims=([1], [axis + 1])), 0, axis + 1)
         v = u @ w_heads[h].t().to(u.dtype)                                      # (B, K0, Q1.., O)
-        y = torch.movedim(torch.tensordot(query_probs[h].to(v.dtype), v, dims=([1], [1])), 0, 1)
+        if query_probs.dim() == 4:  # one matrix per image: (B, Q0, K0) @ (B, K0, rest)
+            p0 = query_probs[:, h].to(v.dtype)
+            y = torch.bmm(p0, v.reshape(v.shape[0], v.shape[1], -1)).view(v.shape[0], p0.shape[1], *v.shape[2:])
+        else:
+            y = torch.movedim(torch.tensordot(query_probs[h].to(v.dtype), v, dims=([1], [1])), 0, 1)
         out = y if out is None else out + y
     if bias is not None:
         out = out + bias.to(out.dtype)
@@ -315,9 +334,9 @@ def positional_merge_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch
 def positional_merge(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                      query_probs: torch.Tensor, key_probs: Sequence[torch.Tensor] = (), *,
                      fused: bool | None = None) -> torch.Tensor:
-    """Positional attention and merge. x (B, C, K0, .., K_{n-1}); query_probs (H, Q0, K0) mixes grid axis 0;
-    key_probs[a - 1] (H, Q_a, K_a) mixes axis a (separable heads; empty for a dense (H, Nq, Nk) matrix on a
-    flattened grid). Returns (B, O, Q0, .., Q_{n-1}).
+    """Positional attention and merge. x (B, C, K0, .., K_{n-1}); query_probs (H, Q0, K0) mixes grid axis 0
+    (or (B, H, Q0, K0), one matrix per image: per-image dropout); key_probs[a - 1] (H, Q_a, K_a) mixes axis a
+    (separable heads; empty for a dense (H, Nq, Nk) matrix on a flattened grid). Returns (B, O, Q0, .., Q_{n-1}).
 
     fused: True for `PositionalMerge` (chunked, hand-written backward), False for autograd; None picks
     the fused one for float32/float64 outside autocast.

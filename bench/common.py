@@ -1,0 +1,258 @@
+"""Seeded, cached builders shared by the asv suites (bench/*.py) and the pytest-benchmark ratios.
+
+Everything a benchmark times is built here, once per process, from fixed seeds: the same layer and input
+on every run and every commit. Ids follow the project's: layer paths are spec statement ids where one
+exists (`separable-quadratic`, `hard-limit`, `generalized-encoding`) and models are registry names
+(`sa_quadratic`, `resnet18`).
+
+The paper's layer shape (issue 5): 400 channels in and out, 9 heads, batch 16 on CPU (100 on CUDA),
+16x16 and 32x32 tokens; the attention layer is `conv_to_attention` of the 3x3 convolution it is timed
+against (alpha = 4 for the finite-alpha paths, inf for the hard limit).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import resource
+import time
+
+import torch
+from torch import nn
+
+from impl.attention import RelativeSelfAttention
+from impl.convert import conv_to_attention
+
+DEVICES = ("cpu", "cuda")
+SIZES = (16, 32)
+CHANNELS = 400
+HEADS = 9
+ALPHA = 4.0
+SEED = 0
+LAYER_BATCH = {"cpu": 16, "cuda": 100}
+
+LAYER_PATHS = (
+    "conv",                  # nn.Conv2d(400, 400, 3, padding=1): the baseline
+    "separable-quadratic",   # conv_to_attention(conv, alpha=4): separable quadratic heads (fused positional path)
+    "hard-limit",            # conv_to_attention(conv, alpha=inf): shifts, run as the convolution they are
+    "generalized-encoding",  # generalized quadratic heads: one dense (H, N, N) matrix (fused positional path)
+    "learned",               # learned relative heads, no content: separable
+    "learned-content",       # learned relative + content scores: SDPA with the positional float mask
+    "dense-reference",       # the separable-quadratic layer computed plainly: attention_probabilities + einsum
+)
+
+
+def threads() -> int:
+    """Intra-op threads for CPU benchmarks: $BENCH_THREADS, else torch's default (all cores)."""
+    value = os.environ.get("BENCH_THREADS")
+    return int(value) if value else torch.get_num_threads()
+
+
+def require_device(device: str) -> torch.device:
+    """The device, or NotImplementedError (asv reports the case as skipped) when it is not here."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NotImplementedError("no CUDA device on this machine")
+    if device == "cpu":
+        torch.set_num_threads(threads())
+    return torch.device(device)
+
+
+def sync(device) -> None:
+    """Wait for queued GPU work (inside timed code, so a GPU timing includes it)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+# -- layers ------------------------------------------------------------------------------------------
+def _seeded(seed: int = SEED) -> torch.Generator:
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@functools.lru_cache(maxsize=None)
+def base_conv(channels: int) -> nn.Conv2d:
+    """The seeded 3x3 convolution every converted layer comes from (CPU, float32)."""
+    _seeded()
+    return nn.Conv2d(channels, channels, 3, padding=1)
+
+
+def dense_reference(layer: RelativeSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """The plain computation: dense positional probabilities (H, Nq, Nk) recomputed at every call, every
+    head's average of the padded tokens as one einsum, then the merge as a second."""
+    probs = layer.attention_probabilities(tuple(x.shape[2:]), x.dtype, x.device)
+    tokens = layer.geometry.pad(x).flatten(2)                                     # (B, C, Nk)
+    y = torch.einsum("hqk,bck->bhcq", probs, tokens).flatten(1, 2)                # (B, H*C, Nq)
+    out = torch.einsum("oc,bcq->boq", layer.merge.weight, y) + layer.merge.bias[:, None]
+    return out.reshape(*out.shape[:2], *layer.geometry.output_shape(x.shape[2:]))
+
+
+class DenseReference(nn.Module):
+    def __init__(self, layer: RelativeSelfAttention) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return dense_reference(self.layer, x)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_layer(path: str, size: int, channels: int, heads: int) -> nn.Module:
+    if path not in LAYER_PATHS:
+        raise ValueError(f"path must be one of {LAYER_PATHS}, got {path!r}")
+    conv = base_conv(channels)
+    _seeded(SEED + 1)
+    if path == "conv":
+        return conv
+    if path in ("separable-quadratic", "dense-reference"):
+        layer = conv_to_attention(conv, alpha=ALPHA)
+        return DenseReference(layer) if path == "dense-reference" else layer
+    if path == "hard-limit":
+        return conv_to_attention(conv, alpha=math.inf)
+    if path == "generalized-encoding":
+        return RelativeSelfAttention(channels, heads=heads, encoding="generalized")
+    return RelativeSelfAttention(channels, heads=heads, encoding="learned", grid_size=(size, size),
+                                 content=path == "learned-content")
+
+
+CPU_SMALL_ONLY = ("generalized-encoding", "learned-content", "dense-reference")
+"""Paths whose cost grows with N^2 (dense attention): on CPU the asv layer suite runs them at 16x16 only, to
+keep a --quick run of the whole suite short (LayerRatio and test_ratios still time dense-reference at 32x32)."""
+
+
+def layer(path: str, size: int, device: str, *, channels: int | None = None, heads: int | None = None) -> nn.Module:
+    """The module timed for `path` at `size` x `size` tokens, in training mode, on `device`."""
+    module = _cpu_layer(path, size, CHANNELS if channels is None else channels, HEADS if heads is None else heads)
+    return module.to(require_device(device)).train()
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_input(batch: int, channels: int, size: int) -> torch.Tensor:
+    generator = _seeded(SEED + 2)
+    return torch.randn(batch, channels, size, size, generator=generator)
+
+
+def layer_input(size: int, device: str, *, batch: int | None = None, channels: int | None = None,
+                requires_grad: bool = False) -> torch.Tensor:
+    """A seeded N(0, 1) input (batch, channels, size, size)."""
+    dev = require_device(device)
+    batch = LAYER_BATCH[dev.type] if batch is None else batch
+    x = _cpu_input(batch, CHANNELS if channels is None else channels, size).to(dev)
+    return x.detach().requires_grad_(requires_grad)
+
+
+def forward_backward(module: nn.Module, x: torch.Tensor) -> None:
+    """One forward and backward (loss = sum of the output); gradients are dropped first."""
+    for p in module.parameters():
+        p.grad = None
+    x.grad = None
+    module(x).sum().backward()
+
+
+# -- models ------------------------------------------------------------------------------------------
+MODELS = ("sa_quadratic", "resnet18")
+MODEL_BATCH = {"cpu": 4, "cuda": 100}
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_model(name: str) -> nn.Module:
+    from impl.models import build
+
+    _seeded(SEED + 3)
+    return build(name)
+
+
+def model(name: str, device: str) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"name must be one of {MODELS}, got {name!r}")
+    return _cpu_model(name).to(require_device(device)).train()
+
+
+def model_batch(device: str, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded CIFAR-shaped batch (images N(0, 1), labels uniform over 10 classes)."""
+    dev = require_device(device)
+    batch = MODEL_BATCH[dev.type] if batch is None else batch
+    generator = _seeded(SEED + 4)
+    images = torch.randn(batch, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 10, (batch,), generator=generator)
+    return images.to(dev), labels.to(dev)
+
+
+def training_step(net: nn.Module, optimizer: torch.optim.Optimizer, images, labels) -> None:
+    """forward, cross-entropy, backward, SGD step (the trainer's loop without schedule and logging)."""
+    optimizer.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(net(images), labels).backward()
+    optimizer.step()
+
+
+def sgd(net: nn.Module) -> torch.optim.Optimizer:
+    """The paper's optimiser: SGD, lr 0.1, momentum 0.9, weight decay 1e-4."""
+    return torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+
+def images_per_second(net, optimizer, images, labels, steps: int = 2) -> float:
+    """Training throughput over `steps` steps after one warm-up step."""
+    training_step(net, optimizer, images, labels)
+    sync(images.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        training_step(net, optimizer, images, labels)
+    sync(images.device)
+    return steps * images.shape[0] / (time.perf_counter() - start)
+
+
+def _register_onednn_flops() -> None:
+    """FlopCounterMode knows aten.convolution but not the oneDNN entry point the layer calls directly."""
+    from torch.utils import flop_counter
+
+    op = torch.ops.aten.mkldnn_convolution
+    if op in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(op)
+    def _mkldnn_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.conv_flop_count(list(x_shape), list(w_shape), list(out_shape), transposed=False)
+
+
+def step_flops(net: nn.Module, images, labels) -> int:
+    """FLOPs of one training step (forward + backward) as torch.utils.flop_counter.FlopCounterMode counts
+    them (the optimizer update is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _register_onednn_flops()
+    net.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(net(images), labels).backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+# -- memory ------------------------------------------------------------------------------------------
+def rss_mib() -> float:
+    """Resident set size now (MiB), from /proc/self/statm."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set size so far (MiB), from resource.getrusage."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_memory_mib(fn, device: str) -> float:
+    """Peak memory that `fn()` adds: on CUDA torch.cuda.max_memory_allocated over the call; on CPU the
+    process's peak RSS after the call minus its RSS before (a bound from below when an earlier call in
+    this process already set a higher peak: run it in a fresh process, as asv does)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    before = rss_mib()
+    fn()
+    return max(0.0, peak_rss_mib() - before)

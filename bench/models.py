@@ -1,0 +1,68 @@
+"""asv suite: a training step (forward, backward, SGD) of the paper's models, by registry name.
+
+`sa_quadratic` (the paper's self-attention classifier, 9 isotropic quadratic heads) and `resnet18` (the
+CIFAR ResNet18 baseline) on CIFAR-shaped batches: 4 images on CPU (so a --quick run stays short), 100 on
+CUDA; float32, and bf16 autocast on CUDA. Throughput in images/s, FLOP rate (FlopCounterMode's count of
+one forward + backward over the measured step time) and peak memory.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from . import common
+from .layers import PRECISIONS, _check_precision
+
+
+class TrainStep:
+    params = (list(common.MODELS), list(common.DEVICES), list(PRECISIONS))
+    param_names = ["model", "device", "precision"]
+    number = 1
+    repeat = (2, 5, 20.0)
+    timeout = 600
+
+    def setup(self, model, device, precision):
+        _check_precision(precision, device)
+        self.net = common.model(model, device)
+        self.optimizer = common.sgd(self.net)
+        self.images, self.labels = common.model_batch(device)
+        self.precision = precision
+        self.device = device
+
+    def _step(self):
+        with torch.autocast(device_type=self.device, dtype=torch.bfloat16,
+                            enabled=self.precision == "bf16-autocast"):
+            common.training_step(self.net, self.optimizer, self.images, self.labels)
+
+    def time_training_step(self, model, device, precision):
+        self._step()
+        common.sync(device)
+
+    def _images_per_second(self, steps: int = 2) -> float:
+        self._step()
+        common.sync(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self._step()
+        common.sync(self.device)
+        return steps * self.images.shape[0] / (time.perf_counter() - start)
+
+    def track_images_per_second(self, model, device, precision):
+        return self._images_per_second()
+
+    track_images_per_second.unit = "images/s"
+
+    def track_gflops_per_second(self, model, device, precision):
+        """FlopCounterMode's FLOPs of one forward + backward x steps/s (float32 only: autocast does not
+        change the count, only the speed)."""
+        flops = common.step_flops(self.net, self.images, self.labels)
+        return flops * self._images_per_second() / self.images.shape[0] / 1e9
+
+    track_gflops_per_second.unit = "GFLOP/s"
+
+    def track_peak_memory(self, model, device, precision):
+        return common.peak_memory_mib(self._step, device)
+
+    track_peak_memory.unit = "MiB"

@@ -1,0 +1,147 @@
+"""The benchmark suites run: asv's configuration, every suite on tiny shapes, the commit-range script.
+
+Fast checks only: the layers are built with 8 channels and the models are the registry's tiny_* ones, so
+each suite method runs in well under a second; the real shapes are asv's and test_ratios' business.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import common, layers, models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """Shrink the builders: 8 channels, 3 heads, batch 2, tiny models."""
+    monkeypatch.setattr(common, "CHANNELS", 8)
+    monkeypatch.setattr(common, "HEADS", 3)
+    monkeypatch.setattr(common, "LAYER_BATCH", {"cpu": 2, "cuda": 2})
+    monkeypatch.setattr(common, "MODEL_BATCH", {"cpu": 2, "cuda": 2})
+    from impl.models import build
+
+    monkeypatch.setattr(common, "_cpu_model", lambda name: build("tiny_" + name.removeprefix("sa_")))
+    common._cpu_layer.cache_clear()
+    common.base_conv.cache_clear()
+    yield
+    common._cpu_layer.cache_clear()
+    common.base_conv.cache_clear()
+
+
+def _load_asv_conf() -> dict:
+    text = (ROOT / "asv.conf.json").read_text()
+    return json.loads(re.sub(r"^\s*//.*$", "", text, flags=re.M))
+
+
+def test_asv_conf_has_the_project_layout():
+    conf = _load_asv_conf()
+    assert conf["benchmark_dir"] == "bench"
+    assert conf["results_dir"] == "bench/results"
+    assert conf["html_dir"] == ".asv/html"
+    assert conf["environment_type"] == "virtualenv"
+    assert conf["pythons"] == ["3.11"]
+    assert conf["branches"] == ["main"]
+    assert conf["repo"] == "."
+    assert all("constraints.txt" in cmd for cmd in conf["install_command"][:1])
+
+
+def _methods(cls):
+    return [name for name, _ in inspect.getmembers(cls, inspect.isfunction)
+            if name.startswith(("time_", "track_"))]
+
+
+def _run_suite(cls, params) -> dict:
+    """setup + every time_/track_ method of `cls` for one parameter combination; returns track values."""
+    results = {}
+    for method in _methods(cls):
+        bench = cls()
+        bench.setup(*params)
+        results[method] = getattr(bench, method)(*params)
+    return results
+
+
+@pytest.mark.parametrize("path", common.LAYER_PATHS)
+def test_layer_suite_runs(tiny, path):
+    results = _run_suite(layers.Layer, (path, 16, "cpu"))
+    assert results["track_peak_memory"] >= 0
+
+
+def test_layer_ratio_is_a_ratio(tiny):
+    ratio = _run_suite(layers.LayerRatio, ("separable-quadratic", 16, "cpu"))["track_ratio_to_conv"]
+    assert 0 < ratio < float("inf")
+
+
+@pytest.mark.parametrize("name", common.MODELS)
+def test_model_suite_runs(tiny, name):
+    results = _run_suite(models.TrainStep, (name, "cpu", "float32"))
+    assert results["track_images_per_second"] > 0
+    assert results["track_gflops_per_second"] > 0
+
+
+def test_units_are_declared():
+    for cls in (layers.Layer, layers.LayerRatio, models.TrainStep):
+        for name in _methods(cls):
+            if name.startswith("track_"):
+                assert getattr(getattr(cls, name), "unit", None), f"{cls.__name__}.{name} has no unit"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without a GPU")
+def test_cuda_and_bf16_cases_are_skipped_not_failed(tiny):
+    with pytest.raises(NotImplementedError):
+        layers.Layer().setup("conv", 16, "cuda")
+    with pytest.raises(NotImplementedError):
+        layers.LayerBF16().setup("conv", 16, "cpu")
+    with pytest.raises(NotImplementedError):
+        models.TrainStep().setup("resnet18", "cpu", "bf16-autocast")
+    with pytest.raises(NotImplementedError):
+        layers.Layer().setup("learned-content", 32, "cpu")
+
+
+def test_bad_parameters_name_the_allowed_values():
+    with pytest.raises(ValueError, match="device must be one of"):
+        common.require_device("tpu")
+    with pytest.raises(ValueError, match="path must be one of"):
+        common.layer("nope", 16, "cpu")
+    with pytest.raises(ValueError, match="name must be one of"):
+        common.model("vgg", "cpu")
+
+
+def test_step_flops_counts_the_onednn_projection(tiny):
+    """FlopCounterMode sees the layer's oneDNN projection (registered in bench.common)."""
+    net = common.layer("separable-quadratic", 16, "cpu")
+    x = common.layer_input(16, "cpu")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    common._register_onednn_flops()
+    with FlopCounterMode(display=False) as counter:
+        net(x)
+    batch, channels, heads = x.shape[0], common.CHANNELS, common.HEADS
+    # the merge alone: 2 * (tokens) * (heads * channels) * out
+    assert counter.get_total_flops() >= 2 * batch * 16 * 16 * heads * channels * channels
+
+
+def test_run_commits_script_is_valid_bash_and_rejects_an_empty_range():
+    script = ROOT / "bench" / "run_commits.sh"
+    assert script.stat().st_mode & 0o111, "bench/run_commits.sh must be executable"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    done = subprocess.run([str(script), "HEAD..HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    assert done.returncode == 2, done.stderr
+    assert "no commits" in done.stderr
+
+
+def test_ratio_tables_are_not_in_the_default_test_run():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "bench" not in config["tool"]["pytest"]["ini_options"]["testpaths"]
