@@ -419,7 +419,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/teacher"),
                         help="folder for the trajectory figure (default runs/teacher)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Checked before minutes of training, not when the results are written.
+    if args.json is not None and (args.json.is_dir() or _below_a_file(args.json)):
+        parser.error(f"--json {args.json}: must be a file path (not a directory, not below a file)")
+    if args.out.exists() and not args.out.is_dir() or _below_a_file(args.out):
+        parser.error(f"--out {args.out}: must be a directory path (not a file, not below a file)")
+    return args
+
+
+def _below_a_file(path: Path) -> bool:
+    return any(parent.exists() and not parent.is_dir() for parent in path.parents)
 
 
 def main(argv=None) -> int:

@@ -48,6 +48,14 @@ def photo_stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
 
 
+def _check_seed(seed) -> None:
+    """A torch.Generator seed: an int in [0, 2**63)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2 ** 63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed}")
+
+
 def photo_crops(n: int, size: int, seed: int, *, normalise: bool = True) -> torch.Tensor:
     """`n` random `size` x `size` RGB crops of the photographs, (n, 3, size, size) float32.
 
@@ -65,8 +73,7 @@ def photo_crops(n: int, size: int, seed: int, *, normalise: bool = True) -> torc
     _check_int("size", size, 1)
     if size > height:
         raise ValueError(f"size must be at most {height} (the photographs' height), got {size}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    _check_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     which = torch.randint(len(images), (n,), generator=generator)
     top = torch.randint(height - size + 1, (n,), generator=generator)
@@ -90,8 +97,7 @@ def conv_teacher(out_channels: int, seed: int, *, in_channels: int = 3, kernel_s
     _check_int("kernel_size", kernel_size, 1)
     if kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd (a centred 'same' kernel), got {kernel_size}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    _check_seed(seed)
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
     generator = torch.Generator().manual_seed(seed)
     bound = 1 / math.sqrt(in_channels * kernel_size ** 2)
