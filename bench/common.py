@@ -16,7 +16,6 @@ import functools
 import math
 import os
 import resource
-import time
 
 import torch
 from torch import nn
@@ -153,7 +152,7 @@ def forward_backward(module: nn.Module, x: torch.Tensor) -> None:
 
 # -- models ------------------------------------------------------------------------------------------
 MODELS = ("sa_quadratic", "resnet18")
-MODEL_BATCH = {"cpu": 4, "cuda": 100}
+MODEL_BATCH = {"cpu": 2, "cuda": 100}
 
 
 @functools.lru_cache(maxsize=None)
@@ -190,17 +189,6 @@ def training_step(net: nn.Module, optimizer: torch.optim.Optimizer, images, labe
 def sgd(net: nn.Module) -> torch.optim.Optimizer:
     """The paper's optimiser: SGD, lr 0.1, momentum 0.9, weight decay 1e-4."""
     return torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-
-
-def images_per_second(net, optimizer, images, labels, steps: int = 2) -> float:
-    """Training throughput over `steps` steps after one warm-up step."""
-    training_step(net, optimizer, images, labels)
-    sync(images.device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        training_step(net, optimizer, images, labels)
-    sync(images.device)
-    return steps * images.shape[0] / (time.perf_counter() - start)
 
 
 def _register_onednn_flops() -> None:

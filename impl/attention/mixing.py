@@ -41,8 +41,11 @@ import torch
 import torch.nn.functional as F
 
 # Per-head tensors of a chunk of images are kept near this size, so they stay in cache and are
-# re-used from the allocator's free lists instead of being faulted in afresh at every call.
-CHUNK_BYTES = 4 << 20
+# re-used from the allocator's free lists instead of being faulted in afresh at every call...
+CHUNK_BYTES = 2 << 20
+# ... but a call makes at most this many chunks: every chunk costs a dozen small parallel ops per head, and
+# on a machine whose cores other processes share, each parallel op waits for a descheduled thread.
+MAX_CHUNKS = 4
 
 
 # -- the plain per-head averages -----------------------------------------------------------------------
@@ -190,7 +193,7 @@ def _chunk(batch: int, per_image: int, element_size: int, device: torch.device) 
     if device.type != "cpu" or batch <= 1:
         return max(batch, 1)
     size = max(1, CHUNK_BYTES // max(1, per_image * element_size))
-    count = -(-batch // size)
+    count = min(-(-batch // size), MAX_CHUNKS)
     return -(-batch // count)  # balanced chunks
 
 
