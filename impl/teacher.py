@@ -23,25 +23,32 @@ a shift already taken stays there. Three changes make the grid the one place to 
    smallest merge weights (a head mixing several pixels needs the inverse of the mixing, which is larger),
    so the penalty turns "some invertible mixing" into "one head per pixel". The penalty is held during the
    search and switched off (cosine) before the end so that the final fit is exact.
-2. **A floor under alpha, per head** (alpha = width^2 / 2 is learned; after each step the width is projected
-   onto alpha >= floor). The floor rises linearly from 0 to `alpha_mid` over `ramp` of the run, counted from
-   the head's birth (start or reset), so fresh heads look wide and then must commit to a pixel; late in the
-   run it rises for every head to `alpha_end`, where the softmax is one-hot to within ~exp(-alpha_end/2)
-   and the layer can match the teacher to well under 1%. A head cannot collapse to alpha -> 0 (attending
-   everywhere).
+2. **A floor and a cap on alpha, per head** (alpha = width^2 / 2 is learned; after each step the width is
+   projected onto [floor, cap]). During the search (until `search_until` of the run) alpha stays at most
+   `alpha_search` and its floor rises linearly from 0 to `alpha_search` over `ramp` of the run counted from
+   the head's birth (start or reset): fresh heads look wide, then must commit to a neighbourhood. Then the
+   cap is lifted and the floor of every head rises (cosine) to `alpha_end` at `end_at`, where the softmax
+   is one-hot to within ~exp(-alpha_end/2) and the layer can match the teacher to well under 1%. A head
+   cannot collapse to alpha -> 0 (attending everywhere). A head reset late follows a shorter schedule of
+   its own (`young_search`, `young_sharpen`).
 3. **Resets** (every `reset_every` steps in [`reset_from`, `reset_until`] of the run). A head is reset when
    it is *dead* (the norm of its block of merge weights is below `dead_ratio` times the largest head's: it
-   contributes nothing, e.g. it wandered outside the window and the penalty switched it off) or a
+   contributes nothing, e.g. it wandered outside the window and the penalty switched it off), a
    *duplicate* (its centre is within `duplicate_distance` of another head's: of the pair, the one with the
-   smaller merge block is reset). Reset = a fresh centre from N(0, `reset_std`^2), the paper's initial width
-   (alpha ~ 0.5), a zero merge block (so the fit is not disturbed), its Adam moments cleared (first moment 0,
-   second moment the mean over the other heads) and its alpha floor restarted. The rule reads only the
-   layer's centres, widths and merge weights.
+   smaller merge block is reset), or *parked* (older than `parked_age`, still (moved less than
+   `parked_still` since the previous check) and more than `parked_distance` per axis from every integer
+   offset; only the worst parked head at a time, since its neighbours often move once it is gone).
+   Reset = a fresh centre in the largest gap between the other heads (the farthest from them of
+   `reset_candidates` uniform points in their bounding box, as k-means re-seeds an empty cluster), the
+   paper's initial width (alpha ~ 0.5), a zero merge block (so the fit is not disturbed), its Adam moments
+   cleared (first moment 0, second moment the mean over the other heads) and its alpha floor restarted.
+   The rule reads only the layer's centres, widths and merge weights, never the teacher.
 
-Optimiser: Adam with one learning rate per parameter group (centres, widths, merge), cosine-decayed to
-`final_lr_fraction` over the second half of the run; mini-batches of `batch` crops drawn with replacement
-from `train_crops` fixed training crops; the loss is the mean squared error divided by the targets' mean
-square. The reported error is ||attn(x) - conv(x)|| / ||conv(x)|| on `test_crops` held-out crops. The
+Optimiser: Adam with one learning rate per parameter group (centres, widths, merge), cosine-decayed from
+`decay_from` of the run to `final_lr_fraction` of it (`merge_final_lr_fraction` for the merge weights,
+the slowest to fit); mini-batches of `batch` crops drawn with replacement from `train_crops` fixed
+training crops; the loss is the mean squared error divided by the targets' mean square. The reported
+error is ||attn(x) - conv(x)|| / ||conv(x)|| on `test_crops` held-out crops. The
 defaults below are the recipe measured in docs/RESULTS.md ("Teacher experiment").
 """
 
@@ -77,22 +84,19 @@ class TeacherConfig:
     # layer: 9 quadratic heads, one per tap of the 3x3 teacher
     centre_std: float = 2.0         # initial centres ~ N(0, centre_std^2) (the paper's init)
     # optimisation
-    steps: int = 2000
+    steps: int = 3000
     batch: int = 128
     lr_centre: float = 0.05
     lr_width: float = 0.02
     lr_merge: float = 0.02
-    decay_from: float = 0.8         # cosine decay of every learning rate from this fraction of the run...
-    final_lr_fraction: float = 0.2  # ...down to this fraction of it at the end
+    decay_from: float = 0.85        # cosine decay of every learning rate from this fraction of the run...
+    final_lr_fraction: float = 0.2  # ...down to this fraction of it at the end (centres and widths)...
+    merge_final_lr_fraction: float = 0.5  # ...and this one (merge weights: the slowest to fit)
     # ridge penalty on the merge weights (unit-free: relative to the targets' mean square), held until
     # `penalty_from` of the run, then cosine to 0 at `penalty_until`
     penalty: float = 1e-2
-    penalty_from: float = 0.7
-    penalty_until: float = 0.8
-    # spread: a repulsion between heads, spread * sum_{i<j} exp(-|c_i - c_j|^2 / (2 spread_width^2)), held
-    # during the search and switched off (cosine) while the heads sharpen
-    spread: float = 2e-4
-    spread_width: float = 0.3
+    penalty_from: float = 0.75
+    penalty_until: float = 0.85
     # alpha: the search phase holds every head in [floor, alpha_search], the floor of a head rising from 0
     # to alpha_search over `ramp` of the run after its birth; then the cap is lifted and the floor of every
     # head rises (cosine) to alpha_end while the penalty falls (cosine) to 0
@@ -106,14 +110,15 @@ class TeacherConfig:
     # resets
     reset_every: int = 100
     reset_from: float = 0.1
-    reset_until: float = 0.45
+    reset_until: float = 0.6
     reset_grace: float = 0.1        # heads younger than this (fraction of the run) are never reset
     dead_ratio: float = 0.2
     duplicate_distance: float = 0.5
     parked_distance: float = 0.35   # a head this far (per axis) from every key offset is parked...
-    parked_age: float = 0.2         # ...when it is at least this old (fraction of the run)
-    reset_std: float = 1.0          # a reset head's centre ~ N(0, reset_std^2)...
-    reset_clearance: float = 0.0    # ...redrawn until it is this far from every other head
+    parked_age: float = 0.2         # ...when it is at least this old (fraction of the run)...
+    parked_still: float = 0.1       # ...and has moved less than this since the previous check
+    reset_candidates: int = 64      # a reset head goes to the emptiest of this many random points...
+    strong_ratio: float = 0.5       # ...in the box of the heads whose merge block is this large (of the max)
     # logging
     record_every: int = 10          # centres are recorded every this many steps (the trajectory figure)
 
@@ -171,12 +176,6 @@ def alpha_bounds(cfg: TeacherConfig, step: int, born: torch.Tensor) -> tuple[tor
     return torch.minimum(floor_run, floor_own), torch.maximum(cap_run.minimum(cap_own), floor_run.minimum(floor_own))
 
 
-def repulsion(centres: torch.Tensor, width: float) -> torch.Tensor:
-    """sum over pairs of heads of exp(-|c_i - c_j|^2 / (2 width^2)): large when two heads coincide."""
-    i, j = torch.triu_indices(len(centres), len(centres), offset=1)
-    return torch.exp(-(centres[i] - centres[j]).square().sum(1) / (2 * width ** 2)).sum()
-
-
 # -- resets --------------------------------------------------------------------------------------------
 def merge_block_norms(layer: RelativeSelfAttention) -> torch.Tensor:
     """Per head, the Frobenius norm of its block of merge weights (out_dim x dim)."""
@@ -189,16 +188,17 @@ def heads_to_reset(layer: RelativeSelfAttention, dead_ratio: float, duplicate_di
     """{head: reason}: dead heads, heads parked between key offsets, and the weaker of two coinciding heads.
 
     Only `mature` heads (a bool per head) are candidates: a freshly reset head has a zero merge block and
-    must be given time to grow it; only `settled` (older) heads can be parked: a moving head crosses
-    the middle of cells on its way.
+    must be given time to grow it. Only `settled` heads (old, and still since the last check) can be
+    parked, since a moving head crosses the middle of cells on its way, and only the worst of them is
+    reset at a time: the heads around a parked one often move once it is gone.
     """
     norms = merge_block_norms(layer)
     reasons = {h: "dead" for h in range(layer.heads) if mature[h] and norms[h] < dead_ratio * norms.max()}
     centres = layer.encoding.centre.detach()
     off_lattice = (centres - centres.round()).abs().amax(1)  # keys sit at integer offsets
-    for h in range(layer.heads):
-        if settled[h] and h not in reasons and off_lattice[h] > parked_distance:
-            reasons[h] = "parked"
+    parked = [h for h in range(layer.heads) if settled[h] and h not in reasons and off_lattice[h] > parked_distance]
+    if parked:
+        reasons[max(parked, key=lambda h: float(off_lattice[h]))] = "parked"
     distance = torch.cdist(centres, centres)
     for i, j in itertools.combinations(range(layer.heads), 2):
         if i in reasons or j in reasons or distance[i, j] >= duplicate_distance:
@@ -209,19 +209,27 @@ def heads_to_reset(layer: RelativeSelfAttention, dead_ratio: float, duplicate_di
     return reasons
 
 
-def fresh_centres(centres: torch.Tensor, heads: list[int], std: float, clearance: float,
-                  generator: torch.Generator, tries: int = 100) -> torch.Tensor:
-    """New centres for `heads`: N(0, std^2) draws, each redrawn (up to `tries` times) until it is at least
-    `clearance` away from every other head's centre, so that a fresh head starts where no head is."""
-    others = [centres[h] for h in range(len(centres)) if h not in heads]
+def fresh_centres(centres: torch.Tensor, heads: list[int], candidates: int, generator: torch.Generator,
+                  strong: torch.Tensor | None = None) -> torch.Tensor:
+    """New centres for `heads`, each in the largest gap between the other heads.
+
+    Of `candidates` points drawn uniformly in the bounding box of the `strong` heads' centres (a bool per
+    head; by default every head not reset), the one farthest from every other head (the reset ones placed
+    so far included) is kept: an empty cluster re-seeded at the farthest point, as in k-means. The box is
+    the strong heads' because a weak head is often one drifting away: a box stretched to it puts the
+    gap, and the fresh head, where it is drifting. Only the layer's own state is read.
+    """
+    keep = [h for h in range(len(centres)) if h not in heads]
+    others = centres[keep]
+    anchors = others if strong is None else centres[[h for h in keep if strong[h]] or keep]
+    low, high = anchors.amin(0), anchors.amax(0)
     fresh = []
     for _ in heads:
-        for _ in range(tries):
-            candidate = torch.randn(centres.shape[1], generator=generator) * std
-            if all(float((candidate - other).norm()) >= clearance for other in others):
-                break
-        fresh.append(candidate)
-        others.append(candidate)
+        points = low + (high - low) * torch.rand(candidates, centres.shape[1], generator=generator)
+        gap = torch.cdist(points, others).amin(1)
+        best = points[gap.argmax()]
+        fresh.append(best)
+        others = torch.cat([others, best[None]])
     return torch.stack(fresh)
 
 
@@ -235,8 +243,10 @@ def reset_heads(layer: RelativeSelfAttention, optimizer: torch.optim.Optimizer, 
     columns[heads] = True
     columns = columns.flatten()  # merge columns are head-major: head h owns [h * dim, (h + 1) * dim)
     with torch.no_grad():
-        encoding.centre[heads] = fresh_centres(encoding.centre.detach(), heads, cfg.reset_std,
-                                               cfg.reset_clearance, generator)
+        norms = merge_block_norms(layer)
+        strong = norms >= cfg.strong_ratio * norms.max()
+        encoding.centre[heads] = fresh_centres(encoding.centre.detach(), heads, cfg.reset_candidates, generator,
+                                               strong)
         encoding.width[heads] = 1 + 0.01 * torch.randn(len(heads), generator=generator)
         layer.merge.weight[:, columns] = 0
         for param in (encoding.centre, encoding.width):
@@ -288,10 +298,12 @@ def run(cfg: TeacherConfig, *, progress: bool = False) -> tuple[dict, torch.Tens
               {"params": list(layer.merge.parameters()), "lr": cfg.lr_merge, "name": "merge"}]
     optimizer = torch.optim.Adam(groups)
     base_lr = [group["lr"] for group in optimizer.param_groups]
+    final_fraction = [cfg.final_lr_fraction, cfg.final_lr_fraction, cfg.merge_final_lr_fraction]
     generator = torch.Generator().manual_seed(cfg.seed)
     born = torch.zeros(layer.heads, dtype=torch.long)
     reset_log: list[dict] = []
     frames = [encoding.centre.detach().clone()]
+    last_check = encoding.centre.detach().clone()
 
     steps = range(cfg.steps)
     if progress:
@@ -300,9 +312,9 @@ def run(cfg: TeacherConfig, *, progress: bool = False) -> tuple[dict, torch.Tens
     for step in steps:
         t = step / cfg.steps
         # schedule
-        scale = cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * cosine(t, cfg.decay_from, 1.0)
-        for group, lr in zip(optimizer.param_groups, base_lr):
-            group["lr"] = lr * scale
+        decay = cosine(t, cfg.decay_from, 1.0)
+        for group, lr, final in zip(optimizer.param_groups, base_lr, final_fraction):
+            group["lr"] = lr * (final + (1 - final) * decay)
         lam = cfg.penalty * cosine(t, cfg.penalty_from, cfg.penalty_until)
         # forward, backward, step
         index = torch.randint(cfg.train_crops, (cfg.batch,), generator=generator)
@@ -311,9 +323,6 @@ def run(cfg: TeacherConfig, *, progress: bool = False) -> tuple[dict, torch.Tens
         loss = (prediction - target).square().mean() / target_power
         if lam:
             loss = loss + lam * layer.merge.weight.square().sum() / (layer.out_dim * target_power)
-        gamma = cfg.spread * cosine(t, cfg.search_until, cfg.end_at)
-        if gamma:
-            loss = loss + gamma * repulsion(encoding.centre, cfg.spread_width)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -325,8 +334,11 @@ def run(cfg: TeacherConfig, *, progress: bool = False) -> tuple[dict, torch.Tens
         # resets
         if cfg.reset_from <= t <= cfg.reset_until and (step + 1) % cfg.reset_every == 0:
             age = (step + 1 - born).double() / cfg.steps
+            moved = (encoding.centre.detach() - last_check).norm(dim=1)
+            last_check = encoding.centre.detach().clone()
+            settled = (age >= cfg.parked_age) & (moved < cfg.parked_still)
             reasons = heads_to_reset(layer, cfg.dead_ratio, cfg.duplicate_distance, cfg.parked_distance,
-                                     age >= cfg.reset_grace, age >= cfg.parked_age)
+                                     age >= cfg.reset_grace, settled)
             if reasons:
                 for head, reason in sorted(reasons.items()):
                     reset_log.append({"step": step + 1, "head": head, "reason": reason,
