@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from impl.attention import Axis, Geometry, RelativeSelfAttention
+from impl.convert import conv_to_attention
 
 CONV_TYPES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -100,6 +101,29 @@ class ConvCase:
             f"conv, x = case.build()  # torch.nn.{self.describe()}",
             check,
         ])
+
+
+@dataclass(frozen=True)
+class ConvertedCase:
+    """A convolution converted at finite alpha (`conv_to_attention`): its heads share their per-axis
+    matrices (one row matrix per kernel row, one column matrix per kernel column), `ProductMerge`'s case."""
+
+    conv: ConvCase
+    alpha: float
+
+    @property
+    def seed(self) -> int:
+        return self.conv.seed
+
+    def build(self):
+        conv, x = self.conv.build()
+        return conv_to_attention(conv, alpha=self.alpha), x
+
+    def describe(self) -> str:
+        return f"conv_to_attention({self.conv.describe()}, alpha={self.alpha})"
+
+    def reproduce(self, check: str) -> str:
+        return self.conv.reproduce(f"layer = conv_to_attention(conv, alpha={self.alpha!r})\n{check}")
 
 
 @dataclass(frozen=True)

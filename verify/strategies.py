@@ -17,7 +17,7 @@ import os
 
 from hypothesis import strategies as st
 
-from verify.cases import ConvCase, LayerCase
+from verify.cases import ConvCase, ConvertedCase, LayerCase
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 ENCODINGS = ("quadratic", "generalized", "learned")
@@ -188,6 +188,15 @@ def conv_cases(draw, dims=st.sampled_from((1, 2, 3)), dtype=dtypes(), kernel=Non
         size.append(draw(st.integers(low, max(low, side_cap(dims)))))
     return ConvCase(dims, in_channels, out_channels, tuple(options.items()), tuple(size),
                     batch=draw(batches()), dtype=draw(dtype), seed=draw(seeds()), scale=draw(scale))
+
+
+@st.composite
+def converted_cases(draw, alpha=None) -> ConvertedCase:
+    """A 2-D convolution with at least two taps converted at finite alpha (`ConvertedCase`)."""
+    kernel = per_axis(2, st.integers(1, kernel_cap(2))).filter(
+        lambda k: (k * k if isinstance(k, int) else k[0] * k[1]) > 1)
+    conv = draw(conv_cases(dims=st.just(2), dtype=st.just("float64"), kernel=kernel))
+    return ConvertedCase(conv, draw(alpha if alpha is not None else alphas(0.25, 16.0)))
 
 
 # -- attention layers -------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from impl.attention import mixing
 from verify import reference, strategies, tolerances
 from verify.assertions import assert_all_within
-from verify.cases import LayerCase
+from verify.cases import ConvertedCase, LayerCase
 from verify.profiles import examples
 
 STATEMENT = "fast-paths"
@@ -269,3 +269,40 @@ def test_per_image_probabilities_equal_plain_path(fused, batch, heads, channels,
               for name, f, p, a in zip(names, fast, plain, absolute)]
     assert_all_within(STATEMENT, checks, f"per-image probabilities, fused={fused}, B={batch}, H={heads}, "
                       f"C={channels}, O={out_dim}, Nk={tokens}, Nq={queries}, bias={bias}", "")
+
+
+@pytest.mark.statement(STATEMENT)
+@examples(0.4)
+@given(case=strategies.converted_cases())
+def test_product_merge_equals_dense_path(case: ConvertedCase):
+    layer, x = case.build()
+    kind, value = layer.positional(tuple(x.shape[2:]), x.dtype, x.device)
+    assert kind == "separable" and mixing.product_groups(value[0], value[1:]) is not None, \
+        "a converted convolution's heads must share their per-axis matrices"
+    saved, mixing.CHUNK_BYTES = mixing.CHUNK_BYTES, 1  # one image per chunk: the chunk loop is exercised
+    try:
+        _compare(case, lambda layer, x: layer(x), "ProductMerge")
+    finally:
+        mixing.CHUNK_BYTES = saved
+
+
+def test_product_groups_finds_the_shared_matrices():
+    rows = torch.rand(2, 4, 5)
+    cols = torch.rand(3, 6, 7)
+    heads = [(r, k) for k in range(3) for r in range(2)]  # any order of the pairs
+    query_probs = torch.stack([rows[r] for r, _ in heads])
+    key_probs = torch.stack([cols[k] for _, k in heads])
+    table = mixing.product_groups(query_probs, [key_probs])
+    assert table is not None and table.shape == (2, 3)
+    assert sorted(table.flatten().tolist()) == list(range(6))  # every head once
+    for r in range(2):  # a row of the table: one query-axis matrix; a column: one key-axis matrix
+        for k in range(3):
+            assert torch.equal(query_probs[table[r, k]], query_probs[table[r, 0]])
+            assert torch.equal(key_probs[table[r, k]], key_probs[table[0, k]])
+    assert not torch.equal(query_probs[table[0, 0]], query_probs[table[1, 0]])
+    # a pair missing (two heads on the same pair): no product
+    repeated = heads[:-1] + [heads[0]]
+    assert mixing.product_groups(torch.stack([rows[r] for r, _ in repeated]),
+                                 [torch.stack([cols[k] for _, k in repeated])]) is None
+    # all distinct: no sharing
+    assert mixing.product_groups(torch.rand(6, 4, 5), [torch.rand(6, 6, 7)]) is None

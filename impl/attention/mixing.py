@@ -197,6 +197,12 @@ def _chunk(batch: int, per_image: int, element_size: int, device: torch.device) 
     return -(-batch // count)  # balanced chunks
 
 
+def _bias_filled(like: torch.Tensor, shape: Sequence[int], bias: torch.Tensor | None) -> torch.Tensor:
+    """A new channels-last output buffer (.., O) holding the bias (zeros without one), to accumulate into."""
+    out = like.new_empty(shape)
+    return out.zero_() if bias is None else out.copy_(bias.expand_as(out))
+
+
 # -- positional attention: key-side axes, per-head projection, query-side axis -------------------------
 def _key_side(x_cl: torch.Tensor, key_probs: Sequence[torch.Tensor], h: int, stages: list | None = None):
     """Mix grid axes n-1 .. 1 of channels-last x_cl with head h's matrices; axis 0 stays keys."""
@@ -230,11 +236,7 @@ class PositionalMerge(torch.autograd.Function):
         for start in range(0, batch, chunk):
             stop = min(batch, start + chunk)
             x_cl = _channels_last(x[start:stop])                                 # (b, K0, .., C)
-            out_cl = x.new_empty(stop - start, q0, *q_rest, out_dim)             # (b, Q0, .., O)
-            if bias is None:
-                out_cl.zero_()
-            else:
-                out_cl.copy_(bias.expand_as(out_cl))
+            out_cl = _bias_filled(x, (stop - start, q0, *q_rest, out_dim), bias)   # (b, Q0, .., O)
             for h in range(heads):
                 u = _key_side(x_cl, key_probs, h)                                # (b, K0, Q1.., C)
                 v = project(u, w_heads[h])                                       # (b, K0, Q1.., O)
@@ -309,6 +311,125 @@ class PositionalMerge(torch.autograd.Function):
         return (grad_x, grad_weight, grad_bias, grad_q, *grad_k)
 
 
+def product_groups(query_probs: torch.Tensor, key_probs: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """For 2-D separable heads whose query-axis matrices take Gq distinct values and key-axis matrices
+    Gk distinct values, every pair once (Gq * Gk = heads: a converted convolution's heads, one per tap,
+    share 3 row and 3 column matrices), the (Gq, Gk) table of the head with each pair; None otherwise."""
+    if len(key_probs) != 1 or query_probs.dim() != 3 or query_probs.shape[0] < 2:
+        return None
+    heads = query_probs.shape[0]
+    rows = torch.unique(query_probs.detach().flatten(1), dim=0, return_inverse=True)[1]
+    cols = torch.unique(key_probs[0].detach().flatten(1), dim=0, return_inverse=True)[1]
+    n_rows, n_cols = int(rows.max()) + 1, int(cols.max()) + 1
+    if n_rows * n_cols != heads:
+        return None
+    table = torch.full((n_rows, n_cols), -1, dtype=torch.long)
+    table[rows.cpu(), cols.cpu()] = torch.arange(heads)
+    return table if bool((table >= 0).all()) else None
+
+
+class ProductMerge(torch.autograd.Function):
+    """`PositionalMerge` for heads that share their per-axis matrices (`product_groups`): each distinct
+    matrix is applied once instead of once per head.
+
+    With R_r (r < Gq) the distinct query-axis (axis 0) matrices, C_k (k < Gk) the distinct key-axis ones
+    and W_rk the merge block of the head with the pair (r, k):
+        out = sum_r R_r (sum_k C_k x W_rk^T) + b
+    The Gk key-side products are one batched matmul (their rows stacked, so that the results sit side by
+    side in the channels: U = [C_1 x | .. | C_Gk x]); each r is then one projection of U with
+    [W_r1 | .. | W_rGk] (a GEMM with Gk times the channels) and one query-side mix. The backward gives every
+    head its own gradients (of its merge block and of both its matrices), recomputing U.
+    Arguments as `PositionalMerge` with one key-axis matrix, plus `table` from `product_groups`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, query_probs, key_probs, table):
+        batch, channels, k0, k1 = x.shape
+        n_rows, n_cols = table.shape
+        q0, q1 = query_probs.shape[1], key_probs.shape[1]
+        out_dim = weight.shape[0]
+        rows = query_probs[table[:, 0]]                                          # (Gq, Q0, K0)
+        stacked = key_probs[table[0]].transpose(0, 1).reshape(q1 * n_cols, k1)   # row (q1, k) = C_k[q1]
+        blocks = weight.view(out_dim, -1, channels)
+        w_rows = [blocks[:, table[r]].reshape(out_dim, n_cols * channels) for r in range(n_rows)]
+        out = x.new_empty(batch, out_dim, q0, q1)
+        image = max(k0, q0) * q1 * n_cols * max(channels, out_dim)
+        chunk = _chunk(batch, image, x.element_size(), x.device)
+        for start in range(0, batch, chunk):
+            stop = min(batch, start + chunk)
+            u = axis_apply(stacked, _channels_last(x[start:stop]), 1)            # (b, K0, Q1 * Gk, C)
+            u = u.view(stop - start, k0, q1, n_cols * channels)
+            out_cl = _bias_filled(x, (stop - start, q0, q1, out_dim), bias)
+            for r in range(n_rows):
+                axis_apply(rows[r], project(u, w_rows[r]), 0, out=out_cl)
+            out[start:stop] = out_cl.movedim(-1, 1)
+        ctx.save_for_backward(x, weight, query_probs, key_probs, table)
+        ctx.has_bias = bias is not None
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight, query_probs, key_probs, table = ctx.saved_tensors
+        need_x, need_w, need_b, need_q, need_k, _ = ctx.needs_input_grad
+        batch, channels, k0, k1 = x.shape
+        n_rows, n_cols = table.shape
+        q0, q1 = query_probs.shape[1], key_probs.shape[1]
+        out_dim = weight.shape[0]
+        rows_t = query_probs[table[:, 0]].transpose(1, 2).contiguous()           # (Gq, K0, Q0)
+        stacked = key_probs[table[0]].transpose(0, 1).reshape(q1 * n_cols, k1)
+        stacked_t = stacked.t().contiguous()                                     # (K1, Q1 * Gk)
+        blocks = weight.view(out_dim, -1, channels)
+        w_rows = [blocks[:, table[r]].reshape(out_dim, n_cols * channels) for r in range(n_rows)]
+        w_rows_t = [w.t().contiguous() for w in w_rows]
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_w = [x.new_zeros(out_dim, n_cols * channels) for _ in range(n_rows)] if need_w else None
+        grad_q = torch.zeros_like(query_probs) if need_q else None
+        grad_k = torch.zeros_like(key_probs) if need_k else None
+        need_u_grad = need_x or need_k
+        for start in range(0, batch, ctx.chunk):
+            stop = min(batch, start + ctx.chunk)
+            b = stop - start
+            g_cl = _channels_last(grad[start:stop])                              # (b, Q0, Q1, O)
+            x_cl = _channels_last(x[start:stop])                                 # (b, K0, K1, C)
+            u = axis_apply(stacked, x_cl, 1).view(b, k0, q1, n_cols * channels)
+            grad_u = None
+            for r in range(n_rows):
+                if need_w:
+                    grad_w[r] += weight_grad(axis_apply(rows_t[r], g_cl, 0), u, w_rows[r])
+                if not (need_q or need_u_grad):
+                    continue
+                t = project(g_cl, w_rows_t[r])                                   # (b, Q0, Q1, Gk * C)
+                if need_q:  # per head: sum over images, Q1 and channels of t_h[q0] u_h[k0]
+                    # image by image, (Q1, Gk) as the batch of strided (Q0, C) x (C, K0) products: no copies
+                    t4 = t.view(b, q0, q1 * n_cols, channels).transpose(1, 2)
+                    u4 = u.view(b, k0, q1 * n_cols, channels).transpose(1, 2)
+                    for i in range(b):
+                        mixed = torch.bmm(t4[i], u4[i].transpose(1, 2)).view(q1, n_cols, q0, k0)
+                        grad_q[table[r]] += mixed.sum(0)
+                if not need_u_grad:
+                    continue
+                grad_u_r = axis_apply(rows_t[r], t, 0)                           # (b, K0, Q1, Gk * C)
+                if need_k:  # per head: sum over images, K0 and channels of grad_u_h[q1] x[k1]
+                    mixed = torch.bmm(grad_u_r.view(b * k0, q1 * n_cols, channels),
+                                      x_cl.view(b * k0, k1, channels).transpose(1, 2))
+                    grad_k[table[r]] += mixed.sum(0).view(q1, n_cols, k1).transpose(0, 1)
+                if need_x:
+                    grad_u = grad_u_r if grad_u is None else grad_u.add_(grad_u_r)
+            if need_x:
+                gx = axis_apply(stacked_t, grad_u.view(b, k0, q1 * n_cols, channels), 1)   # (b, K0, K1, C)
+                grad_x[start:stop] = gx.movedim(-1, 1)
+        grad_weight = None
+        if need_w:
+            grad_weight = torch.zeros_like(weight).view(out_dim, -1, channels)
+            for r in range(n_rows):
+                grad_weight[:, table[r]] = grad_w[r].view(out_dim, n_cols, channels)
+            grad_weight = grad_weight.view_as(weight)
+        grad_bias = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
+        return grad_x, grad_weight, grad_bias, grad_q, grad_k, None
+
+
 def positional_merge_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                               query_probs: torch.Tensor, key_probs: Sequence[torch.Tensor]) -> torch.Tensor:
     """The computation of `PositionalMerge`, whole batch, left to autograd (CUDA, autocast, any dtype)."""
@@ -336,13 +457,14 @@ def positional_merge_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch
 
 def positional_merge(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                      query_probs: torch.Tensor, key_probs: Sequence[torch.Tensor] = (), *,
-                     fused: bool | None = None) -> torch.Tensor:
+                     fused: bool | None = None, sharing: bool = True) -> torch.Tensor:
     """Positional attention and merge. x (B, C, K0, .., K_{n-1}); query_probs (H, Q0, K0) mixes grid axis 0
     (or (B, H, Q0, K0), one matrix per image: per-image dropout); key_probs[a - 1] (H, Q_a, K_a) mixes axis a
     (separable heads; empty for a dense (H, Nq, Nk) matrix on a flattened grid). Returns (B, O, Q0, .., Q_{n-1}).
 
     fused: True for `PositionalMerge` (chunked, hand-written backward), False for autograd; None picks
-    the fused one for float32/float64 outside autocast.
+    the fused one for float32/float64 outside autocast. sharing: with `fused`, heads whose per-axis
+    matrices repeat (`product_groups`) take `ProductMerge`, which applies each distinct matrix once.
     """
     if fused is None:
         fused = x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
@@ -350,6 +472,10 @@ def positional_merge(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         return positional_merge_autograd(x, weight, bias, query_probs, key_probs)
     dtype = x.dtype
     probs = [query_probs.to(dtype), *(p.to(dtype) for p in key_probs)]
+    table = product_groups(probs[0], probs[1:]) if sharing else None
+    if table is not None:
+        return ProductMerge.apply(x, weight.to(dtype), None if bias is None else bias.to(dtype), *probs,
+                                  table.to(x.device))
     return PositionalMerge.apply(x, weight.to(dtype), None if bias is None else bias.to(dtype), *probs)
 
 
