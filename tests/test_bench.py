@@ -145,3 +145,13 @@ def test_ratio_tables_are_not_in_the_default_test_run():
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "bench" not in config["tool"]["pytest"]["ini_options"]["testpaths"]
+
+
+def test_sharing_ab_prints_both_ratios(tiny, capsys):
+    from bench import sharing
+
+    assert sharing.main(["--sizes", "4", "--rounds", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 4x4 |")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert len(cells) == 6 and float(cells[2]) > 0 and float(cells[4]) > 0
