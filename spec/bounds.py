@@ -390,8 +390,9 @@ def _l1_gap_to_one_hot() -> bool:
     return True
 
 
-def _padded_source(index: int, length: int, before: int, mode: str) -> int | None:
-    """The input index a padded position copies (None: a zero), for torch's padding modes."""
+def padded_source(index: int, length: int, before: int, mode: str) -> int | None:
+    """The input index that padded position `index` copies along one axis (None: a zero token), for
+    torch's padding modes."""
     i = index - before
     if 0 <= i < length:
         return i
@@ -401,11 +402,11 @@ def _padded_source(index: int, length: int, before: int, mode: str) -> int | Non
         return min(max(i, 0), length - 1)
     if mode == "circular":
         return i % length
-    if mode == "reflect":
+    if mode == "reflect":  # mirror without repeating the edge: ... 2 1 [0 1 2 ... L-1] L-2 ...
         period = 2 * (length - 1)
-        i = abs(i) % period
+        i = abs(i) % period if period else 0
         return period - i if i >= length else i
-    raise ValueError(f"mode: unknown padding mode {mode!r}")
+    raise ValueError(f"mode must be one of zeros, reflect, replicate, circular, got {mode!r}")
 
 
 def _padded_tokens_bounded() -> bool:
@@ -417,7 +418,7 @@ def _padded_tokens_bounded() -> bool:
         modes = ("zeros", "reflect", "replicate", "circular")
         for before, mode in itertools.product(range(length), modes):
             for index in range(length + 2 * before):
-                source = _padded_source(index, length, before, mode)
+                source = padded_source(index, length, before, mode)
                 value = sp.Integer(0) if source is None else x[source]
                 if value not in allowed or (mode != "zeros" and source is None):
                     return False

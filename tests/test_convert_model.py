@@ -45,13 +45,7 @@ from spec.bounds import unit_roundoff
 
 torchvision = pytest.importorskip("torchvision")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread while this module runs: no OpenMP spin-waiting on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 F64_RELATIVE = 1e-10  # the issue's acceptance threshold for float64 logits

@@ -27,13 +27,7 @@ from impl import analyze, checkpoint, explore, models
 from impl.explore.__main__ import main as explore_main
 from impl.explore.payload import png_bytes, quantise, query_stride
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread while this module runs: no OpenMP spin-waiting on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 DIGITS = dict(in_channels=1, num_classes=10, image_size=[8, 8], downsample=1)

@@ -22,26 +22,12 @@ from typing import Sequence
 import torch
 
 import spec
+from spec.bounds import padded_source
 
 # -- padding and coordinates ---------------------------------------------------------------------------
 
 
-def padding_source(index: int, length: int, before: int, mode: str) -> int | None:
-    """The input index that padded position `index` copies along one axis (None: a zero token)."""
-    i = index - before
-    if 0 <= i < length:
-        return i
-    if mode == "zeros":
-        return None
-    if mode == "replicate":
-        return min(max(i, 0), length - 1)
-    if mode == "circular":
-        return i % length
-    if mode == "reflect":  # mirror without repeating the edge: ... 2 1 [0 1 2 ... L-1] L-2 ...
-        period = 2 * (length - 1)
-        i = abs(i) % period if period else 0
-        return period - i if i >= length else i
-    raise ValueError(f"mode must be one of zeros, reflect, replicate, circular, got {mode!r}")
+padding_source = padded_source  # spec's statement of torch's padding modes, one definition
 
 
 def pad(x: torch.Tensor, pads: Sequence[tuple[int, int]], mode: str) -> torch.Tensor:
