@@ -155,3 +155,14 @@ def test_sharing_ab_prints_both_ratios(tiny, capsys):
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert len(cells) == 6 and float(cells[2]) > 0 and float(cells[4]) > 0
+
+
+def test_flop_rate_prints_both_models(tiny, capsys):
+    from bench import flop_rate
+
+    assert flop_rate.main(["--batch", "2", "--rounds", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for model in ("sa_quadratic", "resnet18"):
+        row = next(line for line in out.splitlines() if line.startswith(f"| {model} |"))
+        assert float(row.strip("|").split("|")[3]) > 0  # GFLOP/s
+    assert "FLOP rate sa_quadratic / resnet18: median" in out
