@@ -34,10 +34,11 @@ verify: setup
 
 ## Every asv benchmark once (--quick) on this environment, so a broken benchmark fails the test run.
 ## --dry-run: nothing is saved, the committed history under bench/results/ is not touched.
+## (under a machine name of its own, bench-check, whose machine.json .gitignore keeps out of bench/results/)
 bench-check: setup
-	$(VENV)/bin/asv machine --yes >/dev/null
-	set -o pipefail; $(VENV)/bin/asv run --environment existing:$(abspath $(PY)) --quick --dry-run \
-		--show-stderr 2>&1 | tee .asv-check.log
+	$(VENV)/bin/asv machine --yes --machine bench-check >/dev/null
+	set -o pipefail; $(VENV)/bin/asv run --environment existing:$(abspath $(PY)) --machine bench-check --quick \
+		--dry-run --show-stderr 2>&1 | tee .asv-check.log
 	@! grep -E " failed$$|Traceback" .asv-check.log
 
 ## Record this machine's benchmarks of HEAD into the committed history (bench/results/), then draw the HTML.
