@@ -12,6 +12,7 @@ against (alpha = 4 for the finite-alpha paths, inf for the hard limit).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -40,6 +41,18 @@ LAYER_PATHS = (
     "learned-content",       # learned relative + content scores: SDPA with the positional float mask
     "dense-reference",       # the separable-quadratic layer computed plainly: attention_probabilities + einsum
 )
+
+
+@contextlib.contextmanager
+def intra_op_threads(count: int):
+    """torch's intra-op threads set to `count` inside the block, restored after it (the command-line
+    tables run inside the test process too)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def threads() -> int:

@@ -44,12 +44,8 @@ def main(argv=None) -> int:
         parser.error("--batch, --rounds and --threads must be positive")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device on this machine")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with common.intra_op_threads(args.threads):
         _table(args)
-    finally:
-        torch.set_num_threads(threads)
     return 0
 
 

@@ -1,8 +1,8 @@
 """Shared per-axis matrices (`ProductMerge`) against the per-head path (`PositionalMerge`), side by side.
 
 `python -m bench.sharing [--sizes 16,32] [--rounds 5]`: the converted 3x3 convolution of `common` (alpha 4,
-forward + backward, batch 16, one thread), timed in thread CPU time in interleaved rounds (conv, shared,
-conv, per-head, ...); prints the median ratio to the convolution of each, and its range. The per-head path
+forward + backward, batch 16, one thread), timed in thread CPU time in interleaved rounds (each round: conv,
+shared, per-head); prints the median ratio to the convolution of each, and its range. The per-head path
 is forced by making `product_groups` find no sharing, which is what a layer with distinct heads gets.
 """
 
@@ -33,12 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="16,32", help="token grid sides (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: %(default)s)")
     args = parser.parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with common.intra_op_threads(1):
         _table(args)
-    finally:
-        torch.set_num_threads(threads)
     return 0
 
 

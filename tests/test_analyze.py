@@ -24,6 +24,9 @@ from torch import nn
 from impl import analyze, checkpoint, models
 from impl.attention import RelativeSelfAttention
 
+sys.path.insert(0, str(Path(__file__).parent))
+from run_dirs import save_best, start_run  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
@@ -35,21 +38,11 @@ SHIFTS = [(r, c) for r in (-1, 0, 1) for c in (-1, 0, 1)]
 def make_run(root: Path, name: str, model_name: str, overrides: dict, prepare=None) -> Path:
     """A run directory as impl.train writes it (config.json, checkpoints/best.pt) for an untrained model,
     after `prepare(model)` has set whatever weights the test needs."""
-    run = root / name
-    (run / "checkpoints").mkdir(parents=True)
-    torch.manual_seed(0)
-    model = models.build(model_name, **overrides)
+    run, model, config = start_run(root, name, model_name, overrides)
     if prepare is not None:
         with torch.no_grad():
             prepare(model)
-    config = {"preset": name, "model": model_name, "model_overrides": overrides, "data": "digits", "epochs": 1,
-              "seed": 0}
-    (run / "config.json").write_text(json.dumps(config))
-    state = {key: {} for key in checkpoint.KEYS}
-    state.update(format=checkpoint.FORMAT, model=model.state_dict(), rng=[], epoch=1, step=1,
-                 position={"epoch": 1, "batch": 0}, config=config)
-    checkpoint.save(run / "checkpoints" / "best.pt", state)
-    return run
+    return save_best(run, model, config)
 
 
 def one_hot_first_layer(model) -> None:

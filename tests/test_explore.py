@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sys
 import os
 import re
 import shutil
@@ -23,9 +24,12 @@ import numpy as np
 import pytest
 import torch
 
-from impl import analyze, checkpoint, explore, models
+from impl import analyze, checkpoint, explore
 from impl.explore.__main__ import main as explore_main
 from impl.explore.payload import png_bytes, quantise, query_stride
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run_dirs import save_best, start_run  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -40,13 +44,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 def make_run(root: Path, name: str, model_name: str, overrides: dict) -> Path:
     """A run directory as impl.train writes it (config.json, checkpoints/best.pt, centres.csv) with an
     untrained model."""
-    run = root / name
-    (run / "checkpoints").mkdir(parents=True)
-    torch.manual_seed(0)
-    model = models.build(model_name, **overrides)
-    config = {"preset": name, "model": model_name, "model_overrides": overrides, "data": "digits", "epochs": 1,
-              "seed": 0}
-    (run / "config.json").write_text(json.dumps(config))
+    run, model, config = start_run(root, name, model_name, overrides)
     layers = model.attention_layers()
     if hasattr(layers[0].encoding, "centre"):
         lines = ["step,epoch,layer,head,centre_row,centre_col"]
@@ -55,11 +53,7 @@ def make_run(root: Path, name: str, model_name: str, overrides: dict) -> Path:
                 for head, (row, col) in enumerate(layer.encoding.centre.tolist()):
                     lines.append(f"{step},{step},{index},{head},{row * step / 2},{col * step / 2}")
         (run / "centres.csv").write_text("\n".join(lines) + "\n")
-    state = {key: {} for key in checkpoint.KEYS}
-    state.update(format=checkpoint.FORMAT, model=model.state_dict(), rng=[], epoch=1, step=1,
-                 position={"epoch": 1, "batch": 0}, config=config)
-    checkpoint.save(run / "checkpoints" / "best.pt", state)
-    return run
+    return save_best(run, model, config)
 
 
 KINDS = {"quadratic": "tiny_quadratic", "generalized": "tiny_generalized", "learned": "tiny_learned",
@@ -173,18 +167,9 @@ def test_cli_rejects_bad_runs(tmp_path):
 
 
 def make_resnet_run(root: Path) -> Path:
-    run = root / "resnet"
-    (run / "checkpoints").mkdir(parents=True)
-    overrides = dict(in_channels=1, num_classes=10, image_size=[8, 8])
-    model = models.build("tiny_resnet18", **overrides)
-    config = {"preset": "resnet", "model": "tiny_resnet18", "model_overrides": overrides, "data": "digits",
-              "epochs": 1, "seed": 0}
-    (run / "config.json").write_text(json.dumps(config))
-    state = {key: {} for key in checkpoint.KEYS}
-    state.update(format=checkpoint.FORMAT, model=model.state_dict(), rng=[], epoch=1, step=1,
-                 position={"epoch": 1, "batch": 0}, config=config)
-    checkpoint.save(run / "checkpoints" / "best.pt", state)
-    return run
+    run, model, config = start_run(root, "resnet", "tiny_resnet18", dict(in_channels=1, num_classes=10,
+                                                                         image_size=[8, 8]))
+    return save_best(run, model, config)
 
 
 # -- in a real browser ---------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
+import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from impl import checkpoint, figures, models
+from impl import figures, models
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run_dirs import save_best, start_run  # noqa: E402
 
 DIGITS = dict(in_channels=1, num_classes=10, image_size=[8, 8], downsample=1)
 SMALL = dict(dim=16, depth=2, heads=4, mlp_dim=16)
@@ -19,13 +22,7 @@ SMALL = dict(dim=16, depth=2, heads=4, mlp_dim=16)
 
 def make_run(root: Path, name: str, model_name: str, overrides: dict, epochs: int = 4) -> Path:
     """A run directory as impl.train writes it, with an untrained model and made-up logs."""
-    run = root / name
-    (run / "checkpoints").mkdir(parents=True)
-    torch.manual_seed(0)
-    model = models.build(model_name, **overrides)
-    config = {"preset": name, "model": model_name, "model_overrides": overrides, "data": "digits",
-              "epochs": epochs, "seed": 0}
-    (run / "config.json").write_text(json.dumps(config))
+    run, model, config = start_run(root, name, model_name, overrides, epochs=epochs)
     with open(run / "metrics.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s"])
@@ -43,11 +40,7 @@ def make_run(root: Path, name: str, model_name: str, overrides: dict, epochs: in
                         target = (head // 3 - 1, head % 3 - 1)
                         writer.writerow([step, step / 10, index, head, row + pull * (target[0] - row),
                                          col + pull * (target[1] - col)])
-    state = {key: {} for key in checkpoint.KEYS}
-    state.update(format=checkpoint.FORMAT, model=model.state_dict(), rng=[], epoch=epochs, step=10 * epochs,
-                 position={"epoch": epochs, "batch": 0}, config=config)
-    checkpoint.save(run / "checkpoints" / "best.pt", state)
-    return run
+    return save_best(run, model, config, epoch=epochs, step=10 * epochs)
 
 
 def assert_drawn(path: Path) -> None:

@@ -140,6 +140,19 @@ def test_fresh_centres_fill_the_largest_gap():
     assert float((fresh[0] - grid[8]).norm()) < 0.3
 
 
+def test_fresh_centres_stay_in_the_box_of_the_strong_heads():
+    centres = kernel_grid(3)
+    centres[7] = torch.tensor([-3.5, 0.0])  # a weak head drifting away, far above the window
+    strong = torch.ones(9, dtype=torch.bool)
+    strong[7] = False
+    inside = fresh_centres(centres, [8], 256, torch.Generator().manual_seed(0), strong)[0]
+    assert bool((inside.abs() <= 1).all()), inside  # in the strong heads' box: the window
+    assert float(torch.cdist(inside[None], centres[:8]).min()) > 0.6  # in its gap, not on a head
+    # the box of every head would stretch to the drifting one, and the gap found there is outside
+    outside = fresh_centres(centres, [8], 256, torch.Generator().manual_seed(0))[0]
+    assert float(outside[0]) < -1.5, outside
+
+
 def test_reset_clears_the_head_and_its_optimizer_state():
     layer = _layer_with_heads(kernel_grid(3).tolist())
     optimizer = torch.optim.Adam(layer.parameters(), lr=0.01)
