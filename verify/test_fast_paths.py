@@ -89,7 +89,7 @@ def test_gradients_equal_reference(case: LayerCase, seed: int):
 
 ALTERNATIVES = {
     # the fused CPU merge split into chunks of one image (forward and hand-written backward)
-    "one-image-chunks": lambda: mock.patch.object(mixing, "CHUNK_BYTES", 1),
+    "one-image-chunks": lambda: mock.patch.multiple(mixing, CHUNK_BYTES=1, PRODUCT_CHUNK_BYTES=1),
     # the merge left to autograd, which CUDA and autocast use: checked here on CPU
     "autograd-merge": lambda: mock.patch.object(layer_module, "positional_merge",
                                                 functools.partial(mixing.positional_merge, fused=False)),

@@ -279,11 +279,11 @@ def test_product_merge_equals_dense_path(case: ConvertedCase):
     kind, value = layer.positional(tuple(x.shape[2:]), x.dtype, x.device)
     assert kind == "separable" and mixing.product_groups(value[0], value[1:]) is not None, \
         "a converted convolution's heads must share their per-axis matrices"
-    saved, mixing.CHUNK_BYTES = mixing.CHUNK_BYTES, 1  # one image per chunk: the chunk loop is exercised
+    saved, mixing.PRODUCT_CHUNK_BYTES = mixing.PRODUCT_CHUNK_BYTES, 1  # one image per chunk: the loop is exercised
     try:
         _compare(case, lambda layer, x: layer(x), "ProductMerge")
     finally:
-        mixing.CHUNK_BYTES = saved
+        mixing.PRODUCT_CHUNK_BYTES = saved
 
 
 def test_product_groups_finds_the_shared_matrices():
