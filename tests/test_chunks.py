@@ -7,23 +7,23 @@ from impl.attention import mixing
 CPU = torch.device("cpu")
 
 
-def test_product_merge_chunks_of_the_issue_shape():
-    # the widest tensor of a converted 3x3 conv's row group: tokens x 3 column groups x 400 channels, float32
-    for side, images in ((16, 2), (32, 1)):
-        per_image = side * side * 3 * 400
-        chunk = mixing._chunk(16, per_image, 4, CPU, budget=mixing.PRODUCT_CHUNK_BYTES, max_chunks=None)
-        assert chunk == images, (side, chunk)
+def test_chunks_of_the_issue_shape():
+    # ProductMerge's widest tensor for a converted 3x3 conv: tokens x 3 column groups x 400 channels;
+    # PositionalMerge's: tokens x 400 channels of one head; float32
+    for side, product, per_head in ((16, 2, 4), (32, 1, 1)):
+        assert mixing._chunk(16, side * side * 3 * 400, 4, CPU, mixing.PRODUCT_CHUNK_BYTES) == product
+        assert mixing._chunk(16, side * side * 400, 4, CPU, mixing.CHUNK_BYTES) == per_head
 
 
-def test_chunks_stay_within_the_budget_and_the_cap():
+def test_chunks_are_balanced_and_within_the_budget():
     for batch in range(1, 40):
         for per_image in (1, 1000, 300_000, 10**7):
-            uncapped = mixing._chunk(batch, per_image, 4, CPU, budget=1 << 20, max_chunks=None)
-            assert 1 <= uncapped <= batch
-            assert uncapped == 1 or uncapped * per_image * 4 <= 1 << 20
-            capped = mixing._chunk(batch, per_image, 4, CPU, budget=1 << 20, max_chunks=3)
-            assert -(-batch // capped) <= 3 and capped >= uncapped
+            chunk = mixing._chunk(batch, per_image, 4, CPU, 1 << 20)
+            assert 1 <= chunk <= batch
+            assert chunk == 1 or chunk * per_image * 4 <= 1 << 20
+            count = -(-batch // chunk)
+            assert count * chunk - batch < count  # the last chunk is short by less than one per chunk
 
 
 def test_no_chunks_off_the_cpu():
-    assert mixing._chunk(16, 10**9, 4, torch.device("meta")) == 16
+    assert mixing._chunk(16, 10**9, 4, torch.device("meta"), 1) == 16

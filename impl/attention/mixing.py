@@ -41,14 +41,13 @@ import torch
 import torch.nn.functional as F
 
 # Per-head tensors of a chunk of images are kept near this size, so they stay in cache and are
-# re-used from the allocator's free lists instead of being faulted in afresh at every call...
+# re-used from the allocator's free lists instead of being faulted in afresh at every call. No cap on the
+# number of chunks: at 32x32 (1.6 MB a head and image) one-image chunks took the learned layer from 1.75 to
+# 1.62 x the convolution with one thread, and made no difference with two (docs/RESULTS.md).
 CHUNK_BYTES = 2 << 20
-# ... but a call makes at most this many chunks: every chunk costs a dozen small parallel ops per head, and
-# on a machine whose cores other processes share, each parallel op waits for a descheduled thread.
-MAX_CHUNKS = 4
-# `ProductMerge` holds fewer, wider tensors (a row group's heads side by side, every one re-read by the
-# next pass): it sizes its chunks by the widest of them, uncapped; 2-3 MB measured best on a 1 MB L2 core
-# (two images at 16x16, one at 32x32: 1.42 and 1.49 x the convolution against 1.48 and 1.71 with four).
+# `ProductMerge` holds fewer, wider tensors (a row group's heads side by side, each re-read by the next
+# pass) and sizes its chunks by the widest: two images at 16x16, one at 32x32 (1.42 and 1.49 x the
+# convolution, against 1.48 and 1.71 with four-image chunks; one thread).
 PRODUCT_CHUNK_BYTES = 3 << 20
 
 
@@ -196,15 +195,14 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(1, -1).contiguous()
 
 
-def _chunk(batch: int, per_image: int, element_size: int, device: torch.device, *,
-           budget: int | None = None, max_chunks: int | None = MAX_CHUNKS) -> int:
-    """Images per chunk: per-image tensors of `per_image` elements within `budget` bytes (CHUNK_BYTES),
-    in at most `max_chunks` balanced chunks (None: no cap)."""
+def _chunk(batch: int, per_image: int, element_size: int, device: torch.device, budget: int) -> int:
+    """Images per chunk on CPU: per-image tensors of `per_image` elements within `budget` bytes (at least
+    one image), in balanced chunks; the whole batch elsewhere."""
     if device.type != "cpu" or batch <= 1:
         return max(batch, 1)
-    size = max(1, (CHUNK_BYTES if budget is None else budget) // max(1, per_image * element_size))
-    count = -(-batch // size) if max_chunks is None else min(-(-batch // size), max_chunks)
-    return -(-batch // count)  # balanced chunks
+    size = max(1, budget // max(1, per_image * element_size))
+    count = -(-batch // size)
+    return -(-batch // count)
 
 
 def _bias_filled(like: torch.Tensor, shape: Sequence[int], bias: torch.Tensor | None) -> torch.Tensor:
@@ -242,7 +240,7 @@ class PositionalMerge(torch.autograd.Function):
         w_heads = weight.view(out_dim, heads, channels).transpose(0, 1).contiguous()  # (H, O, C)
         out = x.new_empty(batch, out_dim, q0, *q_rest)
         image_elements = max(k0, q0) * max(math.prod(q_rest), math.prod(x.shape[3:])) * max(channels, out_dim)
-        chunk = _chunk(batch, image_elements, x.element_size(), x.device)
+        chunk = _chunk(batch, image_elements, x.element_size(), x.device, CHUNK_BYTES)
         for start in range(0, batch, chunk):
             stop = min(batch, start + chunk)
             x_cl = _channels_last(x[start:stop])                                 # (b, K0, .., C)
@@ -364,8 +362,7 @@ class ProductMerge(torch.autograd.Function):
         w_rows = [blocks[:, table[r]].reshape(out_dim, n_cols * channels) for r in range(n_rows)]
         out = x.new_empty(batch, out_dim, q0, q1)
         image = max(k0, q0) * q1 * n_cols * max(channels, out_dim)
-        chunk = _chunk(batch, image, x.element_size(), x.device,
-                       budget=PRODUCT_CHUNK_BYTES, max_chunks=None)
+        chunk = _chunk(batch, image, x.element_size(), x.device, PRODUCT_CHUNK_BYTES)
         for start in range(0, batch, chunk):
             stop = min(batch, start + chunk)
             u = axis_apply(stacked, _channels_last(x[start:stop]), 1)            # (b, K0, Q1 * Gk, C)
