@@ -1,10 +1,12 @@
 """How the fused CPU merges split a batch into chunks of images (`impl.attention.mixing._chunk`)."""
 
+import pytest
 import torch
 
 from impl.attention import mixing
 
 CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: the budgets are per thread
 
 
 def test_chunks_of_the_issue_shape():
@@ -23,6 +25,13 @@ def test_chunks_are_balanced_and_within_the_budget():
             assert chunk == 1 or chunk * per_image * 4 <= 1 << 20
             count = -(-batch // chunk)
             assert count * chunk - batch < count  # the last chunk is short by less than one per chunk
+
+
+def test_the_budget_is_per_thread():
+    per_image = 32 * 32 * 3 * 400  # 4.9 MB in float32: one image per chunk with one thread or two
+    assert mixing._chunk(16, per_image // 4, 4, CPU, mixing.PRODUCT_CHUNK_BYTES) == 2
+    torch.set_num_threads(2)
+    assert mixing._chunk(16, per_image // 4, 4, CPU, mixing.PRODUCT_CHUNK_BYTES) == 4
 
 
 def test_no_chunks_off_the_cpu():

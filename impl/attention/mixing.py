@@ -40,14 +40,14 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-# Per-head tensors of a chunk of images are kept near this size, so they stay in cache and are
+# Per-head tensors of a chunk of images are kept near this size per thread, so they stay in cache and are
 # re-used from the allocator's free lists instead of being faulted in afresh at every call. No cap on the
 # number of chunks: at 32x32 (1.6 MB a head and image) one-image chunks took the learned layer from 1.75 to
-# 1.62 x the convolution with one thread, and made no difference with two (docs/RESULTS.md).
+# 1.62 x the convolution with one thread (docs/RESULTS.md).
 CHUNK_BYTES = 2 << 20
 # `ProductMerge` holds fewer, wider tensors (a row group's heads side by side, each re-read by the next
-# pass) and sizes its chunks by the widest: two images at 16x16, one at 32x32 (1.42 and 1.49 x the
-# convolution, against 1.48 and 1.71 with four-image chunks; one thread).
+# pass) and sizes its chunks by the widest: with one thread two images at 16x16, one at 32x32 (1.42 and
+# 1.49 x the convolution, against 1.48 and 1.71 with four-image chunks); with two, four and one.
 PRODUCT_CHUNK_BYTES = 3 << 20
 
 
@@ -196,11 +196,11 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def _chunk(batch: int, per_image: int, element_size: int, device: torch.device, budget: int) -> int:
-    """Images per chunk on CPU: per-image tensors of `per_image` elements within `budget` bytes (at least
-    one image), in balanced chunks; the whole batch elsewhere."""
+    """Images per chunk on CPU: per-image tensors of `per_image` elements within `budget` bytes a thread
+    (each core has its own L2; at least one image), in balanced chunks; the whole batch elsewhere."""
     if device.type != "cpu" or batch <= 1:
         return max(batch, 1)
-    size = max(1, budget // max(1, per_image * element_size))
+    size = max(1, budget * torch.get_num_threads() // max(1, per_image * element_size))
     count = -(-batch // size)
     return -(-batch // count)
 
