@@ -232,15 +232,18 @@ def _plain_per_image(x, weight, bias, probs):
 
 
 @pytest.mark.statement(STATEMENT)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-chunked", "autograd"])
 @examples(0.3)
 @given(batch=st.integers(1, 3), heads=st.integers(1, 4), channels=st.integers(1, 4), out_dim=st.integers(1, 4),
        tokens=st.integers(1, 12), queries=st.integers(1, 12), bias=st.booleans(), seed=strategies.seeds())
-def test_per_image_probabilities_equal_plain_path(fused, batch, heads, channels, out_dim, tokens, queries, bias,
-                                                  seed):
+def test_per_image_probabilities_equal_plain_path(dtype, fused, batch, heads, channels, out_dim, tokens, queries,
+                                                  bias, seed):
     """The attention-dropout path: one (H, Nq, Nk) matrix per image (dropped-out probabilities: >= 0, rows
     not summing to 1). Output and gradients wrt x, W, b and the probabilities equal mix_dense + merge_heads
-    within twice gamma_n of the sums of |terms| (those sums: the same computation on absolute values)."""
+    in float64 on the same inputs within twice gamma_n (of the path's dtype) of the sums of |terms| (those
+    sums: the same computation on absolute values). In float32 on CPU the per-image products go through
+    oneDNN (`mixing._per_image_apply`), in float64 through batched matmuls."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, channels, tokens, generator=g, dtype=torch.float64)
     probs = torch.rand(batch, heads, queries, tokens, generator=g, dtype=torch.float64)
@@ -256,18 +259,23 @@ def test_per_image_probabilities_equal_plain_path(fused, batch, heads, channels,
         (out * upstream).sum().backward()
         return [out.detach()] + [t.grad for t in leaves] + ([] if b_leaf is None else [b_leaf.grad])
 
+    path_dtype = getattr(torch, dtype)
+    x, weight, probs, upstream = (t.to(path_dtype).double() for t in (x, weight, probs, upstream))
+    b = None if b is None else b.to(path_dtype).double()
     saved, mixing.CHUNK_BYTES = mixing.CHUNK_BYTES, 1
     try:
-        fast = run(lambda *a: mixing.positional_merge(*a, fused=fused), x, weight, b, probs, upstream)
+        fast = run(lambda *a: mixing.positional_merge(*a, fused=fused),
+                   *(None if t is None else t.to(path_dtype) for t in (x, weight, b, probs, upstream)))
     finally:
         mixing.CHUNK_BYTES = saved
     plain = run(_plain_per_image, x, weight, b, probs, upstream)
     absolute = run(_plain_per_image, x.abs(), weight.abs(), None if b is None else b.abs(), probs, upstream.abs())
     n = tokens + heads * channels + batch * queries + out_dim + 2
     names = ["output", "d/dx", "d/dW", "d/dprobs", "d/db"]
-    checks = [(f"max|positional_merge - plain| ({name})", (f - p).abs(), 2 * tolerances.gamma(n, torch.float64) * a)
+    checks = [(f"max|positional_merge - plain| ({name})", (f.double() - p).abs(),
+               2 * tolerances.gamma(n, path_dtype) * a)
               for name, f, p, a in zip(names, fast, plain, absolute)]
-    assert_all_within(STATEMENT, checks, f"per-image probabilities, fused={fused}, B={batch}, H={heads}, "
+    assert_all_within(STATEMENT, checks, f"per-image probabilities, {dtype}, fused={fused}, B={batch}, H={heads}, "
                       f"C={channels}, O={out_dim}, Nk={tokens}, Nq={queries}, bias={bias}", "")
 
 
