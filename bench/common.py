@@ -204,27 +204,13 @@ def sgd(net: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
 
-def _register_onednn_flops() -> None:
-    """FlopCounterMode knows aten.convolution but not the oneDNN entry point the layer calls directly."""
-    from torch.utils import flop_counter
-
-    op = torch.ops.aten.mkldnn_convolution
-    if op in flop_counter.flop_registry:
-        return
-
-    @flop_counter.register_flop_formula(op)
-    def _mkldnn_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-        return flop_counter.conv_flop_count(list(x_shape), list(w_shape), list(out_shape), transposed=False)
-
-
 def step_flops(net: nn.Module, images, labels) -> int:
-    """FLOPs of one training step (forward + backward) as torch.utils.flop_counter.FlopCounterMode counts
-    them (the optimizer update is not counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one training step (forward + backward) as FlopCounterMode counts them with the layers' own
+    entry points registered (`impl.flops`; the optimizer update is not counted)."""
+    from impl.flops import flop_counter
 
-    _register_onednn_flops()
     net.zero_grad(set_to_none=True)
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         nn.functional.cross_entropy(net(images), labels).backward()
     net.zero_grad(set_to_none=True)
     return counter.get_total_flops()

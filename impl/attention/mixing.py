@@ -125,13 +125,14 @@ def _from_nhwc(out4: torch.Tensor, lead: Sequence[int]) -> torch.Tensor:
     return out4.permute(0, 2, 3, 1).reshape(*lead, out4.shape[1])
 
 
-def project(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """u (..., Cin) contiguous, w (Cout, Cin) -> u @ w.T (..., Cout) contiguous; differentiable."""
+def project(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """u (..., Cin) contiguous, w (Cout, Cin), bias (Cout,) or None -> u @ w.T + bias (..., Cout) contiguous;
+    differentiable. Through oneDNN on CPU float32, `F.linear` elsewhere."""
     if _onednn(u) and u.dim() >= 2:
-        out4 = torch.mkldnn_convolution(_as_nhwc(u), w.contiguous()[:, :, None, None], None,
+        out4 = torch.mkldnn_convolution(_as_nhwc(u), w.contiguous()[:, :, None, None], bias,
                                         [0, 0], [1, 1], [1, 1], 1)
         return _from_nhwc(out4, u.shape[:-1])
-    return (u.reshape(-1, u.shape[-1]) @ w.t()).view(*u.shape[:-1], w.shape[0])
+    return F.linear(u, w, bias)
 
 
 def weight_grad(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

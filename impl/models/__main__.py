@@ -1,8 +1,9 @@
 """`python -m impl.models --list [PATTERN]`: every registered model with its parameters and FLOPs per image.
 
 FLOPs are those of one forward pass in eval mode at the model's default input (batch 1), counted by
-`torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts 2; matrix products, convolutions and
-attention kernels only: normalisation, activations and softmax are not counted).
+`impl.flops.flop_counter` (FlopCounterMode, with the layers' oneDNN GEMMs counted too; a multiply-add
+counts 2; matrix products, convolutions and attention kernels only: normalisation, activations and softmax
+are not counted).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import argparse
 import sys
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from ..flops import flop_counter
 from .registry import build, list_models
 
 
@@ -29,7 +30,7 @@ def flops_per_image(model: torch.nn.Module) -> int:
     """Forward FLOPs of `model` (eval mode, no grad) on one image of its default size."""
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with torch.no_grad(), counter:
         model(default_input(model))
     model.train(was_training)

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..attention import GeneralizedEncoding, QuadraticEncoding, RelativeSelfAttention
 from . import _checks
+from .linear import TokenLinear
 from .registry import register_model
 
 
@@ -64,9 +65,9 @@ class EncoderLayer(nn.Module):
         extra = dict(grid_size=grid_size) if encoding == "learned" else {}
         self.attention = RelativeSelfAttention(dim, heads=heads, encoding=encoding, content=content,
                                                attn_dropout=attn_dropout, **extra)
-        self.attention_out = nn.Linear(dim, dim)  # BERT's "self-output" dense map
+        self.attention_out = TokenLinear(dim, dim)  # BERT's "self-output" dense map
         self.attention_norm = nn.LayerNorm(dim, eps=eps)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim))
+        self.mlp = nn.Sequential(TokenLinear(dim, mlp_dim), nn.GELU(), TokenLinear(mlp_dim, dim))
         self.mlp_norm = nn.LayerNorm(dim, eps=eps)
         self.dropout = nn.Dropout(dropout)
 
@@ -129,7 +130,7 @@ class AttentionClassifier(nn.Module):
                 or not layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be a positive float, got {layer_norm_eps!r}")
 
-        self.embed = nn.Linear(in_channels * downsample ** 2, dim)
+        self.embed = TokenLinear(in_channels * downsample ** 2, dim)
         self.layers = nn.ModuleList(
             EncoderLayer(dim=dim, heads=heads, mlp_dim=mlp_dim, encoding=encoding, content=content,
                          grid_size=self.grid_size, dropout=dropout, attn_dropout=attn_dropout,

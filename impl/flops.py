@@ -1,0 +1,31 @@
+"""FLOP counting that sees every product the layers run: `FlopCounterMode` plus two formulas it lacks.
+
+`torch.utils.flop_counter.FlopCounterMode` counts aten.convolution and aten.baddbmm, but not the oneDNN
+entry point the layers call directly for their GEMMs (aten.mkldnn_convolution: the merge projection,
+`TokenLinear`, the per-image attention products) nor baddbmm's in-place form (the accumulating passes).
+`flop_counter()` registers both (once, process-wide) and returns a counter; a multiply-add counts 2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils import flop_counter as _fc
+
+
+def register_flop_formulas() -> None:
+    """Teach FlopCounterMode aten.mkldnn_convolution and aten.baddbmm_ (idempotent)."""
+    if torch.ops.aten.mkldnn_convolution not in _fc.flop_registry:
+        @_fc.register_flop_formula(torch.ops.aten.mkldnn_convolution)
+        def _mkldnn_convolution(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+            return _fc.conv_flop_count(list(x_shape), list(w_shape), list(out_shape), transposed=False)
+
+    if torch.ops.aten.baddbmm_ not in _fc.flop_registry:
+        @_fc.register_flop_formula(torch.ops.aten.baddbmm_)
+        def _baddbmm_in_place(self_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
+            return _fc.bmm_flop(a_shape, b_shape)
+
+
+def flop_counter() -> _fc.FlopCounterMode:
+    """A FlopCounterMode (no display) that counts every product this project's layers run."""
+    register_flop_formulas()
+    return _fc.FlopCounterMode(display=False)
