@@ -14,7 +14,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_cifar import LABEL_NAMES, read_batch, write_fake_cifar10  # noqa: E402
 
-from impl import data  # noqa: E402
 from impl.data import DATASETS, DatasetInfo, info, load  # noqa: E402
 from impl.data.cifar import MEAN, STD  # noqa: E402
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from impl.attention import GeneralizedEncoding, QuadraticEncoding, RelativeSelfAttention
+from impl.attention import RelativeSelfAttention
 from impl.models import AttentionClassifier, ResNet, build, depth_to_space, list_models, space_to_depth
 from impl.models import __main__ as cli
 from impl.models import pruning
