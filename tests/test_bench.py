@@ -152,3 +152,16 @@ def test_flop_rate_prints_both_models(tiny, capsys):
         row = next(line for line in out.splitlines() if line.startswith(f"| {model} |"))
         assert float(row.strip("|").split("|")[3]) > 0  # GFLOP/s
     assert "FLOP rate sa_quadratic / resnet18: median" in out
+
+
+def test_profile_layer_lists_the_ops_of_both(tiny, capsys):
+    from bench import profile_layer
+
+    assert profile_layer.main(["--size", "4", "--steps", "1", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "separable-quadratic: " in out and " x conv (" in out
+    assert "| conv: op | ms | / conv | calls |" in out and "| separable-quadratic: op | ms | / conv | calls |" in out
+    listed = [line for line in out.splitlines() if line.startswith("| aten::")]
+    assert any("mkldnn_convolution" in line for line in listed)  # both forwards run through oneDNN
+    with pytest.raises(SystemExit):
+        profile_layer.main(["--path", "conv"])

@@ -414,8 +414,10 @@ class ProductMerge(torch.autograd.Function):
         w_rows_t = [w.t().contiguous() for w in w_rows]
         grad_x = torch.empty_like(x) if need_x else None
         grad_w = [x.new_zeros(out_dim, n_cols * channels) for _ in range(n_rows)] if need_w else None
-        grad_q = torch.zeros_like(query_probs) if need_q else None
-        grad_k = torch.zeros_like(key_probs) if need_k else None
+        # per row group, summed over images (and for the rows over Q1) only at the end: (Q1 * Gk, Q0, K0)
+        # and (Q1 * Gk, K1), the row (q1, k) belonging to head table[r, k]
+        acc_q = [x.new_zeros(q1 * n_cols, q0, k0) for _ in range(n_rows)] if need_q else None
+        acc_k = [x.new_zeros(q1 * n_cols, k1) for _ in range(n_rows)] if need_k else None
         need_u_grad = need_x or need_k
         for start in range(0, batch, ctx.chunk):
             stop = min(batch, start + ctx.chunk)
@@ -435,15 +437,14 @@ class ProductMerge(torch.autograd.Function):
                     t4 = t.view(b, q0, q1 * n_cols, channels).transpose(1, 2)
                     u4 = u.view(b, k0, q1 * n_cols, channels).transpose(1, 2)
                     for i in range(b):
-                        mixed = torch.bmm(t4[i], u4[i].transpose(1, 2)).view(q1, n_cols, q0, k0)
-                        grad_q[table[r]] += mixed.sum(0)
+                        acc_q[r].baddbmm_(t4[i], u4[i].transpose(1, 2))
                 if not need_u_grad:
                     continue
                 grad_u_r = axis_apply(rows_t[r], t, 0)                           # (b, K0, Q1, Gk * C)
                 if need_k:  # per head: sum over images, K0 and channels of grad_u_h[q1] x[k1]
                     mixed = torch.bmm(grad_u_r.view(b * k0, q1 * n_cols, channels),
                                       x_cl.view(b * k0, k1, channels).transpose(1, 2))
-                    grad_k[table[r]] += mixed.sum(0).view(q1, n_cols, k1).transpose(0, 1)
+                    acc_k[r] += mixed.sum(0)
                 if need_x:
                     grad_u = grad_u_r if grad_u is None else grad_u.add_(grad_u_r)
             if need_x:
@@ -455,6 +456,15 @@ class ProductMerge(torch.autograd.Function):
             for r in range(n_rows):
                 grad_weight[:, table[r]] = grad_w[r].view(out_dim, n_cols, channels)
             grad_weight = grad_weight.view_as(weight)
+        grad_q = grad_k = None
+        if need_q:
+            grad_q = torch.empty_like(query_probs)
+            for r in range(n_rows):
+                grad_q[table[r]] = acc_q[r].view(q1, n_cols, q0, k0).sum(0)
+        if need_k:
+            grad_k = torch.empty_like(key_probs)
+            for r in range(n_rows):
+                grad_k[table[r]] = acc_k[r].view(q1, n_cols, k1).transpose(0, 1)
         grad_bias = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
         return grad_x, grad_weight, grad_bias, grad_q, grad_k, None
 
