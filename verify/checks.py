@@ -14,7 +14,7 @@ import math
 import torch
 
 import spec
-from impl.convert import merge_weight
+from impl.convert import conv_to_attention, merge_weight
 from verify import reference, tolerances
 from verify.assertions import assert_all_within, assert_within
 
@@ -31,6 +31,18 @@ def hard_limit(statement: str, conv, layer, x, context: str, reproduce: str) -> 
     with torch.no_grad():
         error = _difference(layer(x), conv(x))
     assert_within(statement, error, tolerances.hard_limit_tolerance(conv, x), context, reproduce)
+
+
+def converted_gradients(statement: str, case, seed: int) -> None:
+    """`gradients` for the case's convolution and its hard-limit conversion, upstream ~ N(0, 1) from seed."""
+    conv, x = case.build()
+    layer = conv_to_attention(conv)
+    with torch.no_grad():
+        out_shape = conv(x).shape
+    generator = torch.Generator().manual_seed(seed)
+    upstream = torch.randn(out_shape, generator=generator, dtype=torch.float64).to(x.dtype)
+    gradients(statement, conv, layer, x, upstream, case.describe(),
+              case.reproduce("# gradients of sum(out * upstream), upstream ~ N(0, 1)"))
 
 
 def gradients(statement: str, conv, layer, x, upstream, context: str, reproduce: str) -> None:

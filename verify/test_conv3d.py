@@ -45,11 +45,4 @@ def test_conv3d_hard_limit(case: ConvCase, alpha: float):
 @examples(0.5)
 @given(case=strategies.conv_cases(dims=st.just(3)), data=st.data())
 def test_conv3d_gradients(case: ConvCase, data):
-    conv, x = case.build()
-    layer = conv_to_attention(conv)
-    with torch.no_grad():
-        out_shape = conv(x).shape
-    generator = torch.Generator().manual_seed(data.draw(strategies.seeds(), label="upstream seed"))
-    upstream = torch.randn(out_shape, generator=generator, dtype=torch.float64).to(x.dtype)
-    checks.gradients("conv3d", conv, layer, x, upstream, case.describe(),
-                     case.reproduce("# gradients of sum(out * upstream), upstream ~ N(0, 1)"))
+    checks.converted_gradients("conv3d", case, data.draw(strategies.seeds(), label="upstream seed"))

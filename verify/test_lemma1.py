@@ -49,14 +49,8 @@ def test_hard_limit_equals_conv(case: ConvCase):
 @examples(1)
 @given(case=strategies.conv_cases(dims=st.sampled_from((1, 2))), data=st.data())
 def test_gradients_equal_conv(case: ConvCase, data):
-    conv, x = case.build()
-    layer = conv_to_attention(conv)
-    with torch.no_grad():
-        out_shape = conv(x).shape
-    generator = torch.Generator().manual_seed(data.draw(strategies.seeds(), label="upstream seed"))
-    upstream = torch.randn(out_shape, generator=generator, dtype=torch.float64).to(x.dtype)
-    checks.gradients(STATEMENT_OF_DIMS[case.dims], conv, layer, x, upstream, case.describe(),
-                     case.reproduce("# gradients of sum(out * upstream), upstream ~ N(0, 1)"))
+    checks.converted_gradients(STATEMENT_OF_DIMS[case.dims], case,
+                               data.draw(strategies.seeds(), label="upstream seed"))
 
 
 @pytest.mark.statement("theorem1")
