@@ -31,8 +31,21 @@ def _call(name: str, args: tuple, kwargs: dict) -> str:
     return f"{name}({', '.join(parts)})"
 
 
+class _KeywordCase:
+    """What ConvCase and LayerCase share: constructor keywords kept as (name, value) pairs (hashable, so
+    that hypothesis can shrink and report them) and a dtype name."""
+
+    @property
+    def options(self) -> dict:
+        return dict(self.kwargs)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
 @dataclass(frozen=True)
-class ConvCase:
+class ConvCase(_KeywordCase):
     """A torch convolution and its input.
 
     Attributes:
@@ -56,14 +69,6 @@ class ConvCase:
     dtype: str = "float64"
     seed: int = 0
     scale: float = 1.0
-
-    @property
-    def options(self) -> dict:
-        return dict(self.kwargs)
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -127,7 +132,7 @@ class ConvertedCase:
 
 
 @dataclass(frozen=True)
-class LayerCase:
+class LayerCase(_KeywordCase):
     """A randomly initialised (not converted) `RelativeSelfAttention` and its input.
 
     Attributes:
@@ -153,14 +158,6 @@ class LayerCase:
     dtype: str = "float64"
     seed: int = 0
     centres: str = "random"
-
-    @property
-    def options(self) -> dict:
-        return dict(self.kwargs)
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
 
     @property
     def geometry(self) -> Geometry:
