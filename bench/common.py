@@ -40,6 +40,7 @@ LAYER_PATHS = (
     "learned",               # learned relative heads, no content: separable
     "learned-content",       # learned relative + content scores: SDPA with the positional float mask
     "dense-reference",       # the separable-quadratic layer computed plainly: attention_probabilities + einsum
+    "content-reference",     # the learned-content layer computed plainly: (B, H, Nq, Nk) scores, softmax, einsums
 )
 
 
@@ -101,13 +102,32 @@ def dense_reference(layer: RelativeSelfAttention, x: torch.Tensor) -> torch.Tens
     return out.reshape(*out.shape[:2], *layer.geometry.output_shape(x.shape[2:]))
 
 
+def content_reference(layer: RelativeSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """Content + positional attention computed plainly, the math the fused kernels (SDPA, FlexAttention)
+    replace: the (B, H, Nq, Nk) scores q.k / sqrt(d) + positional logits materialised, a softmax, every
+    head's average of the padded tokens as one einsum, the merge as a second."""
+    spatial = tuple(x.shape[2:])
+    padded = layer.geometry.pad(x)
+    queries, keys = layer._queries_keys(padded, spatial)                          # (B, H, Nq | Nk, d)
+    scores = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])
+    positional = layer.positional(spatial, scores.dtype, x.device)
+    if positional is not None:
+        scores = scores + positional[1]
+    y = torch.einsum("bhqk,bck->bhcq", scores.softmax(-1), padded.flatten(2).to(scores.dtype)).flatten(1, 2)
+    out = torch.einsum("oc,bcq->boq", layer.merge.weight.to(y.dtype), y) + layer.merge.bias.to(y.dtype)[:, None]
+    return out.reshape(*out.shape[:2], *layer.geometry.output_shape(spatial))
+
+
 class DenseReference(nn.Module):
-    def __init__(self, layer: RelativeSelfAttention) -> None:
+    """A layer computed by one of the plain formulas above (`dense_reference`, `content_reference`)."""
+
+    def __init__(self, layer: RelativeSelfAttention, formula=dense_reference) -> None:
         super().__init__()
         self.layer = layer
+        self.formula = formula
 
     def forward(self, x):
-        return dense_reference(self.layer, x)
+        return self.formula(self.layer, x)
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,11 +145,12 @@ def _cpu_layer(path: str, size: int, channels: int, heads: int) -> nn.Module:
         return conv_to_attention(conv, alpha=math.inf)
     if path == "generalized-encoding":
         return RelativeSelfAttention(channels, heads=heads, encoding="generalized")
-    return RelativeSelfAttention(channels, heads=heads, encoding="learned", grid_size=(size, size),
-                                 content=path == "learned-content")
+    layer = RelativeSelfAttention(channels, heads=heads, encoding="learned", grid_size=(size, size),
+                                  content=path in ("learned-content", "content-reference"))
+    return DenseReference(layer, content_reference) if path == "content-reference" else layer
 
 
-CPU_SMALL_ONLY = ("generalized-encoding", "learned-content", "dense-reference")
+CPU_SMALL_ONLY = ("generalized-encoding", "learned-content", "dense-reference", "content-reference")
 """Paths whose cost grows with N^2 (dense attention): on CPU the asv layer suite runs them at 16x16 only, to
 keep a --quick run of the whole suite short (LayerRatio and test_ratios still time dense-reference at 32x32)."""
 
@@ -177,8 +198,12 @@ def _cpu_model(name: str) -> nn.Module:
 
 
 def model(name: str, device: str) -> nn.Module:
-    if name not in MODELS:
-        raise ValueError(f"name must be one of {MODELS}, got {name!r}")
+    """The seeded registered model `name` (the asv suite times `MODELS`), in training mode, on `device`."""
+    from impl.models import list_models
+
+    names = list_models()
+    if name not in names:
+        raise ValueError(f"name must be one of {tuple(names)}, got {name!r}")
     return _cpu_model(name).to(require_device(device)).train()
 
 

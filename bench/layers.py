@@ -3,7 +3,8 @@
 Ids (common.LAYER_PATHS): `conv` (nn.Conv2d(400, 400, 3, padding=1)), `separable-quadratic` (that conv
 converted at alpha = 4: separable quadratic heads), `hard-limit` (converted at alpha = inf: shifts),
 `generalized-encoding` (dense positional matrix), `learned`, `learned-content` (SDPA / FlexAttention with
-the positional bias), `dense-reference` (the separable-quadratic layer computed plainly). Batch 16 on CPU,
+the positional bias), `dense-reference` and `content-reference` (the separable-quadratic and the
+learned-content layers computed plainly). Batch 16 on CPU,
 100 on CUDA; 16x16 and 32x32 tokens; float32 (`Layer`), and bf16 autocast on CUDA (`LayerBF16`).
 """
 

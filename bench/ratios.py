@@ -9,6 +9,10 @@ loaded machine disturbs far less than wall time.
 
     python -m bench.ratios                                   # 2 threads, 16x16 and 32x32, 5 rounds
     python -m bench.ratios --threads 1 --cpu-time --paths separable-quadratic,hard-limit
+    python -m bench.ratios --device cuda --precision bf16-autocast   # batch 100 (issue 5's GPU targets)
+
+On CUDA the Timer synchronizes the device around every measurement, and the table adds each path's peak
+memory over the forward + backward (torch.cuda.max_memory_allocated, MiB).
 """
 
 from __future__ import annotations
@@ -24,10 +28,16 @@ import torch
 from torch.utils.benchmark import Timer
 
 from . import common
+from .layers import PRECISIONS
 
 
-def _wall(module, x, min_run_time: float) -> float:
-    timer = Timer("f(m, x)", globals=dict(f=common.forward_backward, m=module, x=x),
+def _pass(module, x, precision: str) -> None:
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast"):
+        common.forward_backward(module, x)
+
+
+def _wall(module, x, min_run_time: float, precision: str = "float32") -> float:
+    timer = Timer("f(m, x, p)", globals=dict(f=_pass, m=module, x=x, p=precision),
                   num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
@@ -41,25 +51,31 @@ def _cpu(module, x, repeats: int = 3) -> float:
     return statistics.median(samples)
 
 
-def measure(paths, sizes, rounds: int, min_run_time: float, cpu_time: bool) -> list[dict]:
+def measure(paths, sizes, rounds: int, min_run_time: float, cpu_time: bool, device: str = "cpu",
+            precision: str = "float32") -> list[dict]:
     rows = []
     for size in sizes:
-        x = common.layer_input(size, "cpu", requires_grad=True)
-        modules = {p: common.layer(p, size, "cpu") for p in ("conv", *paths)}
-        for module in modules.values():
-            common.forward_backward(module, x)  # warm-up: caches, allocator
+        x = common.layer_input(size, device, requires_grad=True)
+        modules = {p: common.layer(p, size, device) for p in ("conv", *paths)}
+        peaks = {}
+        for p, module in modules.items():  # warm-up (caches, allocator, kernels), then the peak memory
+            _pass(module, x, precision)
+            if device == "cuda":
+                peaks[p] = common.peak_memory_mib(lambda: _pass(module, x, precision), device)
         for path in paths:
             wall, cpu, conv_wall = [], [], []
             for _ in range(rounds):
-                c = _wall(modules["conv"], x, min_run_time)
-                o = _wall(modules[path], x, min_run_time)
+                c = _wall(modules["conv"], x, min_run_time, precision)
+                o = _wall(modules[path], x, min_run_time, precision)
                 wall.append(o / c)
                 conv_wall.append(c)
                 if cpu_time:
                     cpu.append(_cpu(modules[path], x) / _cpu(modules["conv"], x))
             rows.append(dict(path=path, size=size, conv_ms=1e3 * statistics.median(conv_wall),
+                             ms=1e3 * statistics.median(conv_wall) * statistics.median(wall),
                              ratio=statistics.median(wall), low=min(wall), high=max(wall),
-                             cpu_ratio=statistics.median(cpu) if cpu else None))
+                             cpu_ratio=statistics.median(cpu) if cpu else None,
+                             peak_mib=peaks.get(path), conv_peak_mib=peaks.get("conv")))
     return rows
 
 
@@ -68,7 +84,10 @@ def main(argv=None) -> int:
     parser.add_argument("--paths", default="separable-quadratic,hard-limit,learned,dense-reference",
                         help="comma-separated ids of common.LAYER_PATHS (default: %(default)s)")
     parser.add_argument("--sizes", default="16,32", help="token grid sides (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", choices=common.DEVICES, help="(default: %(default)s)")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
+                        help="bf16-autocast on CUDA only (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU intra-op threads (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: %(default)s)")
     parser.add_argument("--min-run-time", type=float, default=1.0,
                         help="seconds per Timer.blocked_autorange (default: %(default)s)")
@@ -86,24 +105,33 @@ def main(argv=None) -> int:
         parser.error(f"--sizes must be ints >= 3, got {args.sizes!r}")
     if args.threads < 1 or args.rounds < 1 or args.min_run_time <= 0:
         parser.error("--threads and --rounds must be >= 1 and --min-run-time > 0")
-    if args.cpu_time and args.threads != 1:
-        parser.error("--cpu-time measures one thread's CPU time: use it with --threads 1")
+    if args.cpu_time and (args.threads != 1 or args.device != "cpu"):
+        parser.error("--cpu-time measures one thread's CPU time: use it with --threads 1 on --device cpu")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device on this machine")
+    if args.precision == "bf16-autocast" and args.device != "cuda":
+        parser.error("--precision bf16-autocast is measured on --device cuda only")
     os.environ["BENCH_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# {datetime.date.today()}  torch {torch.__version__}  {platform.processor() or platform.machine()}"
-          f"  {os.cpu_count()} CPUs  threads {args.threads}  load average {load:.1f}  (batch "
-          f"{common.LAYER_BATCH['cpu']}, {common.CHANNELS} channels, {common.HEADS} heads, forward + backward)")
-    rows = measure(paths, sizes, args.rounds, args.min_run_time, args.cpu_time)
+    where = (torch.cuda.get_device_name() if args.device == "cuda" else
+             f"{platform.processor() or platform.machine()}  {os.cpu_count()} CPUs  threads {args.threads}")
+    print(f"# {datetime.date.today()}  torch {torch.__version__}  {where}  load average {load:.1f}  (batch "
+          f"{common.LAYER_BATCH[args.device]}, {common.CHANNELS} channels, {common.HEADS} heads, "
+          f"{args.precision}, forward + backward)")
+    rows = measure(paths, sizes, args.rounds, args.min_run_time, args.cpu_time, args.device, args.precision)
     header = "| path | tokens | conv (ms, median) | ours / conv (median of rounds) | range |"
     header += " CPU-time ratio |" if args.cpu_time else ""
+    header += " ours (ms) | peak MiB (ours / conv) |" if args.device == "cuda" else ""
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for r in rows:
-        line = (f"| {r['path']} | {r['size']}x{r['size']} | {r['conv_ms']:.0f} | {r['ratio']:.2f} | "
+        line = (f"| {r['path']} | {r['size']}x{r['size']} | {r['conv_ms']:.2f} | {r['ratio']:.2f} | "
                 f"{r['low']:.2f}-{r['high']:.2f} |")
         if args.cpu_time:
             line += f" {r['cpu_ratio']:.2f} |"
+        if args.device == "cuda":
+            line += f" {r['ms']:.2f} | {r['peak_mib']:.0f} / {r['conv_peak_mib']:.0f} |"
         print(line)
     return 0
 

@@ -165,3 +165,52 @@ def test_profile_layer_lists_the_ops_of_both(tiny, capsys):
     assert any("mkldnn_convolution" in line for line in listed)  # both forwards run through oneDNN
     with pytest.raises(SystemExit):
         profile_layer.main(["--path", "conv"])
+
+
+def test_content_reference_computes_the_learned_content_layer(tiny):
+    """The plain content + position formula (the fused kernels' reference) gives the layer's output."""
+    fused = common.layer("learned-content", 6, "cpu")
+    plain = common.layer("content-reference", 6, "cpu")
+    assert isinstance(plain, common.DenseReference) and plain.layer is not fused
+    plain.layer.load_state_dict(fused.state_dict())
+    x = common.layer_input(6, "cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), fused(x))
+
+
+def test_ratios_table_and_its_errors(tiny, capsys):
+    from bench import ratios
+
+    assert ratios.main(["--sizes", "4", "--rounds", "1", "--min-run-time", "0.01", "--threads", "1",
+                        "--paths", "separable-quadratic"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| separable-quadratic |"))
+    assert float(row.strip("|").split("|")[3]) > 0
+    for bad in (["--precision", "bf16-autocast"], ["--paths", "conv"], ["--cpu-time", "--threads", "2"]):
+        with pytest.raises(SystemExit):
+            ratios.main(bad)
+
+
+def test_throughput_projects_every_paper_run(tiny, capsys):
+    from bench import throughput
+
+    assert throughput.main(["--batch", "2", "--rounds", "1", "--steps", "1", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| run | model | epochs |"))
+    runs = lines[header + 2:]
+    assert [line.split("|")[1].strip() for line in runs] == [run for run, _, _ in throughput.PAPER_RUNS]
+    assert all(float(line.split("|")[4]) > 0 for line in runs)
+    with pytest.raises(SystemExit):
+        throughput.main(["--precisions", "bf16-autocast"])
+    with pytest.raises(SystemExit):
+        throughput.main(["--models", "vgg"])
+
+
+def test_gpu_session_script_is_valid_bash_and_rejects_unknown_phases(tmp_path):
+    script = ROOT / "bench" / "gpu_session.sh"
+    assert script.stat().st_mode & 0o111, "bench/gpu_session.sh must be executable"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")}
+    for args in ([], ["tests", "bogus"]):
+        done = subprocess.run([str(script), *args], cwd=ROOT, capture_output=True, text=True, env=env)
+        assert done.returncode == 2, done.stderr
+    assert not (tmp_path / "out").exists()  # nothing runs before every phase is known

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Every GPU measurement issue 5 asks for, in phases that each fit one device call (< 10 minutes on one H100):
+#
+#   bash bench/gpu_session.sh tests layers      # then, in a second call:
+#   bash bench/gpu_session.sh models asv
+#
+# Phases (each writes $OUT/<phase>.txt; $OUT defaults to ./gpu_out):
+#   tests   the test suite with CUDA present (the CUDA paths: autograd merge, FlexAttention, bf16 autocast)
+#   layers  bench.ratios on CUDA, batch 100, float32 and bf16 autocast: every layer path against the conv,
+#           with peak memory (content-reference: the plain math the fused content kernels are held to)
+#   models  bench.throughput (images/s of every paper model, float32 and bf16, projected run times) and
+#           bench.flop_rate (sa_quadratic / resnet18 FLOP rate, batch 100)
+#   asv     the asv suite once on this commit, results under bench/results/$MACHINE/ (copied to
+#           $OUT/asv-results.tar); needs asv, which the GPU image lacks: carry its wheel (README of the
+#           device tool) in .wheels/ and it is installed from there
+#
+# The machine has no network: python3 is the image's (PyTorch 2.11), with hypothesis, sympy and pytest.
+set -u
+OUT=${OUT:-gpu_out}
+MACHINE=${MACHINE:-h100}
+PYTHON=${PYTHON:-python3}
+[ $# -ge 1 ] || { echo "usage: $0 PHASE... (tests, layers, models, asv)" >&2; exit 2; }
+for phase in "$@"; do
+  case "$phase" in tests|layers|models|asv) ;; *) echo "unknown phase $phase (tests, layers, models, asv)" >&2; exit 2 ;; esac
+done
+mkdir -p "$OUT"
+status=0
+for phase in "$@"; do
+  log="$OUT/$phase.txt"
+  { echo "# $(date -u +%FT%TZ)  $(git rev-parse --short HEAD 2>/dev/null)  phase $phase"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+    "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } >"$log"
+  case "$phase" in
+    tests)
+      timeout 540 "$PYTHON" -m pytest -q -x -p no:cacheprovider -n 8 tests verify >>"$log" 2>&1 ;;
+    layers)
+      paths=separable-quadratic,hard-limit,learned,learned-content,dense-reference,content-reference
+      for precision in float32 bf16-autocast; do
+        timeout 270 "$PYTHON" -m bench.ratios --device cuda --precision "$precision" --paths "$paths" \
+          --rounds 3 --min-run-time 0.3 >>"$log" 2>&1
+      done ;;
+    models)
+      timeout 420 "$PYTHON" -m bench.throughput --device cuda --rounds 3 --steps 5 >>"$log" 2>&1 &&
+        timeout 150 "$PYTHON" -m bench.flop_rate --device cuda --batch 100 --rounds 3 >>"$log" 2>&1 ;;
+    asv)
+      if ! "$PYTHON" -c "import asv" 2>/dev/null && [ -d .wheels ]; then
+        "$PYTHON" -m pip install -q --no-index --find-links .wheels asv >>"$log" 2>&1
+      fi
+      if ! "$PYTHON" -m asv --version >>"$log" 2>&1; then
+        echo "asv is not installed: carry its wheel in .wheels/" >>"$log"; false
+      else
+        "$PYTHON" -m asv machine --yes --machine "$MACHINE" >>"$log" 2>&1
+        timeout 540 "$PYTHON" -m asv run --environment existing:same --quick --machine "$MACHINE" \
+          --set-commit-hash "$(git rev-parse HEAD)" >>"$log" 2>&1
+        tar -cf "$OUT/asv-results.tar" "bench/results/$MACHINE"
+      fi ;;
+  esac
+  rc=$?
+  echo "# phase $phase exit status $rc" >>"$log"
+  [ $rc -eq 0 ] || status=$rc
+done
+exit $status
