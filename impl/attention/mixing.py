@@ -48,8 +48,9 @@ import torch.nn.functional as F
 # 1.62 x the convolution with one thread (docs/RESULTS.md).
 CHUNK_BYTES = 2 << 20
 # `ProductMerge` holds fewer, wider tensors (a row group's heads side by side, each re-read by the next
-# pass) and sizes its chunks by the widest: with one thread two images at 16x16, one at 32x32 (1.42 and
-# 1.49 x the convolution, against 1.48 and 1.71 with four-image chunks); with two, four and one.
+# pass) and sizes its chunks by the widest: with one thread two images at 16x16, one at 32x32 (1.52 and
+# 1.48 x the convolution, against 1.59 and 1.59 with four-image chunks, docs/RESULTS.md); with two, four
+# and one.
 PRODUCT_CHUNK_BYTES = 3 << 20
 
 
