@@ -11,11 +11,16 @@
 #   models  bench.throughput (images/s of every paper model, float32 and bf16, projected run times) and
 #           bench.flop_rate (sa_quadratic / resnet18 FLOP rate, batch 100)
 #   asv     the asv suite once on this commit, results under bench/results/$MACHINE/ (copied to
-#           $OUT/asv-results.tar); needs asv, which the GPU image lacks: carry its wheel (README of the
-#           device tool) in .wheels/ and it is installed from there
+#           $OUT/asv-results.tar); needs asv, which the GPU image lacks: fetch its wheels here first (8 MB,
+#           .wheels/ is ignored by git, so name it in the device call's carry) and they are installed there:
+#             pip download asv -d .wheels --python-version 3.12 --only-binary=:all: \
+#               --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
 #
-# The machine has no network: python3 is the image's (PyTorch 2.11), with hypothesis, sympy and pytest.
+# The machine has no network: python3 is the image's (PyTorch 2.11), with hypothesis, sympy and pytest; the
+# repository is not installed there, so it goes on PYTHONPATH.
 set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-gpu_out}
 MACHINE=${MACHINE:-h100}
 PYTHON=${PYTHON:-python3}
@@ -23,6 +28,9 @@ PYTHON=${PYTHON:-python3}
 for phase in "$@"; do
   case "$phase" in tests|layers|models|asv) ;; *) echo "unknown phase $phase (tests, layers, models, asv)" >&2; exit 2 ;; esac
 done
+if ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  echo "no CUDA device for $PYTHON: this script records GPU figures (under the asv machine $MACHINE)" >&2; exit 3
+fi
 mkdir -p "$OUT"
 status=0
 for phase in "$@"; do
