@@ -214,3 +214,8 @@ def test_gpu_session_script_is_valid_bash_and_rejects_unknown_phases(tmp_path):
         done = subprocess.run([str(script), *args], cwd=ROOT, capture_output=True, text=True, env=env)
         assert done.returncode == 2, done.stderr
     assert not (tmp_path / "out").exists()  # nothing runs before every phase is known
+    if not torch.cuda.is_available():  # and nothing is recorded under the GPU's name on a machine without one
+        done = subprocess.run([str(script), "layers"], cwd=ROOT, capture_output=True, text=True,
+                              env=dict(env, PYTHON=sys.executable))
+        assert done.returncode == 3 and "no CUDA device" in done.stderr, done.stderr
+        assert not (tmp_path / "out").exists()
