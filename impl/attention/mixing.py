@@ -108,7 +108,7 @@ def merge_heads(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 # -- GEMM helpers on channels-last tokens --------------------------------------------------------------
-def _onednn(t: torch.Tensor) -> bool:
+def onednn_gemm(t: torch.Tensor) -> bool:
     """oneDNN's convolution is the fastest float32 GEMM torch has on CPU (MKL's sgemm runs at half its
     speed on some x86 CPUs); use it through a 1x1 convolution on channels-last tokens."""
     return t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
@@ -131,7 +131,7 @@ def _from_nhwc(out4: torch.Tensor, lead: Sequence[int]) -> torch.Tensor:
 def project(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """u (..., Cin) contiguous, w (Cout, Cin), bias (Cout,) or None -> u @ w.T + bias (..., Cout) contiguous;
     differentiable. Through oneDNN on CPU float32, `F.linear` elsewhere."""
-    if _onednn(u) and u.dim() >= 2:
+    if onednn_gemm(u) and u.dim() >= 2:
         out4 = torch.mkldnn_convolution(_as_nhwc(u), w.contiguous()[:, :, None, None], bias,
                                         [0, 0], [1, 1], [1, 1], 1)
         return _from_nhwc(out4, u.shape[:-1])
@@ -141,7 +141,7 @@ def project(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) 
 def weight_grad(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """g (..., O), y (..., C) with the same leading shape -> sum over rows of g^T y: (O, C), the gradient of
     w (O, C) in `project(y, w)`."""
-    if _onednn(g) and g.dim() >= 3:
+    if onednn_gemm(g) and g.dim() >= 3:
         # rows as an (n, w, 1) channels-last image batch with n >= 16 and w > 1: torch then takes oneDNN's
         # weight gradient even on one thread, and the layout is unambiguous.
         count = math.prod(g.shape[:-1])
@@ -166,7 +166,7 @@ def axis_apply(p: torch.Tensor, t: torch.Tensor, axis: int, *, out: torch.Tensor
     before = math.prod(t.shape[:dim])
     after = math.prod(t.shape[dim + 1:])
     t3 = t.reshape(before, t.shape[dim], after)
-    if p.dim() == 3 and _onednn(t):
+    if p.dim() == 3 and onednn_gemm(t):
         return _per_image_apply(p, t3, out, (*t.shape[:dim], p.shape[-2], *t.shape[dim + 1:]))
     pe = p if p.dim() == 3 else p.expand(before, *p.shape)  # (b, Q, D) on axis 0: one matrix per image
     if out is not None:
@@ -202,7 +202,7 @@ def axis_contract(g: torch.Tensor, t: torch.Tensor, axis: int, per_image: bool =
     after = math.prod(t.shape[dim + 1:])
     g3 = g.reshape(before, g.shape[dim], after)
     t3 = t.reshape(before, t.shape[dim], after)
-    if per_image and _onednn(g3):  # g3[i] @ t3[i]^T is a 1x1 convolution as it stands: no copies
+    if per_image and onednn_gemm(g3):  # g3[i] @ t3[i]^T is a 1x1 convolution as it stands: no copies
         return torch.stack([project(g3[i:i + 1].contiguous(), t3[i].contiguous())[0] for i in range(before)])
     if per_image:
         return torch.bmm(g3, t3.transpose(1, 2))

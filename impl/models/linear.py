@@ -3,7 +3,8 @@
 On this project's CPUs (AMD, AVX-512) MKL's float32 GEMM behind `nn.Linear` runs at about 110 GFLOP/s
 and oneDNN's at about 265 (a 4,096 x 400 by 400 x 512 product, one thread; docs/RESULTS.md), so token
 tensors (B, ..., C) of float32 on CPU go through `mixing.project` (a 1x1 convolution, differentiable).
-Everywhere else (CUDA, autocast, other dtypes, 2-D inputs) it is `nn.Linear` itself.
+Everywhere else (CUDA, autocast, other dtypes, 2-D inputs, oneDNN off) it is `nn.Linear` itself; the
+decision is `mixing.onednn_gemm`'s, the one the attention layers' GEMMs take.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..attention.mixing import project
+from ..attention.mixing import onednn_gemm, project
 
 
 class TokenLinear(nn.Linear):
@@ -19,7 +20,7 @@ class TokenLinear(nn.Linear):
     through oneDNN on CPU float32; equal to `nn.Linear` up to float32 rounding."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() >= 3 and x.device.type == "cpu" and x.dtype == self.weight.dtype \
+        if x.dim() >= 3 and onednn_gemm(x) and x.dtype == self.weight.dtype \
                 and not torch.is_autocast_enabled(x.device.type):
             return project(x.contiguous(), self.weight, self.bias)
         return super().forward(x)
