@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..dropout import dropout as apply_dropout
 from .encodings import ENCODINGS, LearnedEncoding, QuadraticEncoding, RelativeEncoding, build_encoding
 from .geometry import Geometry
 from .mixing import (content_attention, flex_content, positional_merge, project, pure_shifts,
@@ -41,7 +42,7 @@ class RelativeSelfAttention(nn.Module):
         spatial_dims: 1, 2 or 3: the input is (B, dim, *grid).
         content: add content scores q.k / sqrt(content_dim) from per-head query and key projections.
         content_dim: per-head query/key width; defaults to `dim` (the paper's choice).
-        attn_dropout: dropout on attention probabilities, an independent mask per image.
+        attn_dropout: dropout on attention probabilities, an independent mask per image (`impl.dropout`).
         bias: whether the merging linear map has a bias.
         alpha: quadratic only; a fixed initial alpha for every head, `math.inf` for the hard limit.
         centre_std: quadratic/generalized only; std of the random initial centres.
@@ -244,7 +245,7 @@ class RelativeSelfAttention(nn.Module):
             # An independent dropout mask per image needs per-image probabilities (B, H, Nq, Nk).
             probs = value if kind == "dense" else \
                 self.attention_probabilities(spatial_shape, compute_dtype, x.device)
-            probs = nn.functional.dropout(probs.expand(x.shape[0], *probs.shape), dropout)
+            probs = apply_dropout(probs, dropout, shape=(x.shape[0], *probs.shape))
             out = positional_merge(self.geometry.pad(x).flatten(2), weight, bias, probs)
             return out.reshape(*out.shape[:2], *query_shape)
         if kind == "shifts":

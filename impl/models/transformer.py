@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..attention import GeneralizedEncoding, QuadraticEncoding, RelativeSelfAttention
+from ..dropout import Dropout
 from . import _checks
 from .linear import TokenLinear
 from .registry import register_model
@@ -69,7 +70,7 @@ class EncoderLayer(nn.Module):
         self.attention_norm = nn.LayerNorm(dim, eps=eps)
         self.mlp = nn.Sequential(TokenLinear(dim, mlp_dim), nn.GELU(), TokenLinear(mlp_dim, dim))
         self.mlp_norm = nn.LayerNorm(dim, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, h, w, C) -> view (B, C, h, w) for the attention, and its output back to (B, h, w, C).

@@ -1,0 +1,115 @@
+"""impl.dropout: the CPU mask's statistics, exact scaling, gradients, broadcasting, errors, and the CUDA
+fallback's agreement in meaning with nn.Dropout."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from impl.dropout import Dropout, _MaskedScale, dropout, keep_mask
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_fraction_is_binomial(p):
+    n = 1 << 20
+    torch.manual_seed(0)
+    kept = keep_mask((n,), p).sum().item()
+    keep = 1 - round(p * 2**31) / 2**31
+    assert abs(keep - (1 - p)) < 2**-31
+    assert abs(kept - n * keep) < 6 * math.sqrt(n * keep * (1 - keep))  # six standard deviations
+
+
+def test_masks_are_independent_across_elements_and_calls():
+    torch.manual_seed(1)
+    a, b = keep_mask((1 << 16,), 0.5), keep_mask((1 << 16,), 0.5)
+    both = (a & b).float().mean().item()
+    assert abs(both - 0.25) < 6 * math.sqrt(0.25 * 0.75 / (1 << 16))
+    assert abs((a[1:] & a[:-1]).float().mean().item() - 0.25) < 6 * math.sqrt(0.25 * 0.75 / (1 << 16))
+
+
+def test_kept_values_are_scaled_exactly_and_dropped_ones_are_zero():
+    torch.manual_seed(2)
+    x = torch.randn(64, 33)
+    y = dropout(x, 0.1)
+    kept = y != 0
+    assert 0 < kept.sum() < x.numel()
+    assert torch.equal(y[kept], x[kept] * (1 / 0.9))
+
+
+def test_reproducible_under_manual_seed_and_generator():
+    x = torch.randn(1000)
+    torch.manual_seed(3)
+    a = dropout(x, 0.3)
+    torch.manual_seed(3)
+    assert torch.equal(a, dropout(x, 0.3))
+    g = torch.Generator().manual_seed(4)
+    b = dropout(x, 0.3, generator=g)
+    assert torch.equal(b, dropout(x, 0.3, generator=torch.Generator().manual_seed(4)))
+
+
+def test_gradient_is_the_mask_times_the_scale():
+    keep = torch.rand(5, 7) > 0.4
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: _MaskedScale.apply(t, keep, 1 / 0.6), (x,))
+    y = dropout(x, 0.4)
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, (y != 0).double() / 0.6)
+
+
+def test_broadcast_input_gets_one_mask_per_element_and_a_summed_gradient():
+    keep = torch.rand(4, 3, 6) > 0.5
+    probs = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: _MaskedScale.apply(t, keep, 2.0), (probs,))
+    torch.manual_seed(5)
+    out = dropout(probs, 0.5, shape=(4, 3, 6))
+    assert out.shape == (4, 3, 6)
+    images_differ = [not torch.equal(out[0] != 0, out[i] != 0) for i in range(1, 4)]
+    assert any(images_differ)
+    kept = out != 0
+    assert torch.equal(out[kept], probs.detach().expand(4, 3, 6)[kept] * 2)
+
+
+def test_identity_when_not_training_or_p_zero_and_zeros_at_p_one():
+    x = torch.randn(3, 4)
+    assert dropout(x, 0.5, training=False) is x
+    assert dropout(x, 0.0) is x
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    assert dropout(x, 0.5, training=False, shape=(2, 3, 4)).shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, "0.1", True, None])
+def test_bad_p_is_a_value_error_naming_it(p):
+    with pytest.raises(ValueError, match="p must be a float in \\[0, 1\\]"):
+        dropout(torch.ones(2), p)
+    with pytest.raises(ValueError, match="p must be"):
+        Dropout(p)
+
+
+def test_bad_input_and_shape():
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        dropout([1.0, 2.0], 0.1)
+    with pytest.raises(ValueError, match="shape"):
+        dropout(torch.ones(3, 4), 0.1, shape=(3, 5))
+
+
+def test_module_is_an_nn_dropout_with_the_same_contract():
+    module = Dropout(0.25)
+    assert isinstance(module, nn.Dropout) and repr(module) == repr(nn.Dropout(0.25))
+    x = torch.randn(200, 50)
+    torch.manual_seed(6)
+    y = module(x)
+    kept = y != 0
+    assert torch.equal(y[kept], x[kept] * (1 / 0.75))
+    module.eval()
+    assert module(x) is x
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_takes_torch_dropout():
+    x = torch.randn(1000, device="cuda")
+    y = dropout(x, 0.2)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / 0.8)
