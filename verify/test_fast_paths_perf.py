@@ -27,6 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from impl.attention import mixing
+from impl.dropout import keep_mask
 from verify import reference, strategies, tolerances
 from verify.assertions import assert_all_within
 from verify.cases import ConvertedCase, LayerCase
@@ -277,6 +278,67 @@ def test_per_image_probabilities_equal_plain_path(dtype, fused, batch, heads, ch
               for name, f, p, a in zip(names, fast, plain, absolute)]
     assert_all_within(STATEMENT, checks, f"per-image probabilities, {dtype}, fused={fused}, B={batch}, H={heads}, "
                       f"C={channels}, O={out_dim}, Nk={tokens}, Nq={queries}, bias={bias}", "")
+
+
+@pytest.mark.statement(STATEMENT)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-masked-per-chunk", "autograd-materialised"])
+@examples(0.3)
+@given(batch=st.integers(1, 3), heads=st.integers(1, 4), channels=st.integers(1, 4), out_dim=st.integers(1, 4),
+       tokens=st.integers(1, 12), queries=st.integers(1, 12), p=st.sampled_from([0.1, 0.5]),
+       seed=strategies.seeds())
+def test_attention_dropout_equals_plain_path_on_the_same_mask(dtype, fused, batch, heads, channels, out_dim,
+                                                             tokens, queries, p, seed):
+    """positional_merge(..., dropout=p) on shared probabilities P (H, Nq, Nk): fused, each image's matrix
+    where(keep, P / (1 - p), 0) is built chunk by chunk and P's gradient summed straight from the
+    per-image ones; not fused, the dropped-out (B, H, Nq, Nk) probabilities are materialised. Both equal
+    the plain per-image formula (mix_dense + merge_heads) on the same mask (`impl.dropout.keep_mask`
+    under the same seed), output and gradients wrt x, W and P, within twice gamma_n of the sums of
+    |terms| (n now counts the batch sum in P's gradient too)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, tokens, generator=g, dtype=torch.float64)
+    probs = torch.softmax(torch.randn(heads, queries, tokens, generator=g, dtype=torch.float64), -1)
+    weight = torch.randn(out_dim, heads * channels, generator=g, dtype=torch.float64)
+    upstream = torch.randn(batch, out_dim, queries, generator=g, dtype=torch.float64)
+    path_dtype = getattr(torch, dtype)
+    x, weight, probs, upstream = (t.to(path_dtype).double() for t in (x, weight, probs, upstream))
+    torch.manual_seed(seed)
+    keep = keep_mask((batch, *probs.shape), p)
+
+    def run(fn, x, weight, probs, upstream):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, probs)]
+        out = fn(*leaves)
+        (out * upstream).sum().backward()
+        return [out.detach()] + [t.grad for t in leaves]
+
+    def plain(x, weight, probs):
+        return _plain_per_image(x, weight, None, torch.where(keep, probs / (1 - p), 0))
+
+    def fast(x, weight, probs):
+        torch.manual_seed(seed)  # the same mask as `keep`
+        return mixing.positional_merge(x, weight, None, probs, fused=fused, dropout=p)
+
+    saved, mixing.CHUNK_BYTES = mixing.CHUNK_BYTES, 1
+    try:
+        got = run(fast, *(t.to(path_dtype) for t in (x, weight, probs, upstream)))
+    finally:
+        mixing.CHUNK_BYTES = saved
+    want = run(plain, x, weight, probs, upstream)
+    absolute = run(plain, x.abs(), weight.abs(), probs, upstream.abs())
+    n = tokens + heads * channels + batch * queries + batch + 2
+    checks = [(f"max|positional_merge(dropout) - plain| ({name})", (f.double() - w).abs(),
+               2 * tolerances.gamma(n, path_dtype) * a)
+              for name, f, w, a in zip(["output", "d/dx", "d/dW", "d/dP"], got, want, absolute)]
+    assert_all_within(STATEMENT, checks, f"attention dropout p={p}, {dtype}, fused={fused}, B={batch}, H={heads}, "
+                      f"C={channels}, O={out_dim}, Nk={tokens}, Nq={queries}", "")
+
+
+def test_attention_dropout_needs_shared_dense_probabilities():
+    x, weight = torch.randn(2, 3, 4), torch.randn(5, 6)
+    with pytest.raises(ValueError, match="dropout must be a float in \\[0, 1\\)"):
+        mixing.positional_merge(x, weight, None, torch.rand(2, 4, 4), dropout=1.0)
+    with pytest.raises(ValueError, match="shared dense probabilities"):
+        mixing.positional_merge(x, weight, None, torch.rand(2, 2, 4, 4), dropout=0.1)
 
 
 @pytest.mark.statement(STATEMENT)

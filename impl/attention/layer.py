@@ -18,7 +18,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..dropout import dropout as apply_dropout
 from .encodings import ENCODINGS, LearnedEncoding, QuadraticEncoding, RelativeEncoding, build_encoding
 from .geometry import Geometry
 from .mixing import (content_attention, flex_content, positional_merge, project, pure_shifts,
@@ -242,11 +241,11 @@ class RelativeSelfAttention(nn.Module):
         (kind, value), derived = self._positional_entry(spatial_shape, compute_dtype, x.device)
         weight, bias = self.merge.weight, self.merge.bias
         if dropout:
-            # An independent dropout mask per image needs per-image probabilities (B, H, Nq, Nk).
+            # An independent mask per image breaks the separable structure: the dense (H, Nq, Nk)
+            # probabilities, masked image by image inside positional_merge.
             probs = value if kind == "dense" else \
                 self.attention_probabilities(spatial_shape, compute_dtype, x.device)
-            probs = apply_dropout(probs, dropout, shape=(x.shape[0], *probs.shape))
-            out = positional_merge(self.geometry.pad(x).flatten(2), weight, bias, probs)
+            out = positional_merge(self.geometry.pad(x).flatten(2), weight, bias, probs, dropout=dropout)
             return out.reshape(*out.shape[:2], *query_shape)
         if kind == "shifts":
             return self._shifts_forward(x, spatial_shape, query_shape, value, derived)

@@ -42,6 +42,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..dropout import dropout as apply_dropout, keep_mask
+
 # Per-head tensors of a chunk of images are kept near this size per thread, so they stay in cache and are
 # re-used from the allocator's free lists instead of being faulted in afresh at every call. No cap on the
 # number of chunks: at 32x32 (1.6 MB a head and image) one-image chunks took the learned layer from 1.75 to
@@ -248,21 +250,47 @@ def _key_side(x_cl: torch.Tensor, key_probs: Sequence[torch.Tensor], h: int, sta
     return t
 
 
+class _QuerySide:
+    """The query-axis (axis 0) matrices of `PositionalMerge`: shared (H, Q0, K0); one per image
+    (B, H, Q0, K0); or shared ones under attention dropout, keep (B, H, Q0, K0) bool and scale: image i's
+    matrix for head h is where(keep[i, h], scale * P_h, 0), built for one chunk and head at a time, so the
+    (B, H, Q0, K0) dropped-out probabilities are never held, and the gradient goes straight to P."""
+
+    def __init__(self, probs: torch.Tensor, keep: torch.Tensor | None, scale: float):
+        self.probs, self.keep, self.scale = probs, keep, scale
+        self.per_image = probs.dim() == 4 or keep is not None
+        self.scaled = None if keep is None else probs * scale
+
+    def matrix(self, start: int, stop: int, h: int) -> torch.Tensor:
+        """(b, Q0, K0) for images start:stop, or (Q0, K0) when shared."""
+        if self.keep is not None:
+            return torch.where(self.keep[start:stop, h], self.scaled[h], 0)
+        return self.probs[start:stop, h] if self.probs.dim() == 4 else self.probs[h]
+
+    def add_image_grads(self, grad_q: torch.Tensor, start: int, stop: int, h: int, grads: torch.Tensor) -> None:
+        """Record the gradients (b, Q0, K0) of images start:stop's matrices for head h."""
+        if self.keep is None:
+            grad_q[start:stop, h] = grads
+        else:
+            grad_q[h] += torch.where(self.keep[start:stop, h], grads, 0).sum(0) * self.scale
+
+
 class PositionalMerge(torch.autograd.Function):
     """out = sum_h P0_h x_0 (W_h (P_{n-1,h} x_{n-1} ... P_{1,h} x_1 x)) + b, chunked, recomputing in backward.
 
-    x (B, C, K0, .., K_{n-1}); query_probs (H, Q0, K0), or (B, H, Q0, K0) with one matrix per image (per-image
-    dropout); key_probs[a - 1] (H, Q_a, K_a) for a = 1..n-1; weight (O, H * C); bias (O,) or None. Returns
+    x (B, C, K0, .., K_{n-1}); query_probs (H, Q0, K0), or (B, H, Q0, K0) with one matrix per image;
+    keep None, or (B, H, Q0, K0) bool with `scale`: attention dropout of shared query_probs (`_QuerySide`);
+    key_probs[a - 1] (H, Q_a, K_a) for a = 1..n-1; weight (O, H * C); bias (O,) or None. Returns
     (B, O, Q0, .., Q_{n-1}) contiguous. Saves only its inputs.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, query_probs, *key_probs):
+    def forward(ctx, x, weight, bias, keep, scale, query_probs, *key_probs):
         batch, channels = x.shape[:2]
         heads, q0, k0 = query_probs.shape[-3:]
         out_dim = weight.shape[0]
         q_rest = [p.shape[1] for p in key_probs]
-        per_image = query_probs.dim() == 4
+        query_side = _QuerySide(query_probs, keep, scale)
         w_heads = weight.view(out_dim, heads, channels).transpose(0, 1).contiguous()  # (H, O, C)
         out = x.new_empty(batch, out_dim, q0, *q_rest)
         image_elements = max(k0, q0) * max(math.prod(q_rest), math.prod(x.shape[3:])) * max(channels, out_dim)
@@ -274,10 +302,10 @@ class PositionalMerge(torch.autograd.Function):
             for h in range(heads):
                 u = _key_side(x_cl, key_probs, h)                                # (b, K0, Q1.., C)
                 v = project(u, w_heads[h])                                       # (b, K0, Q1.., O)
-                p0 = query_probs[start:stop, h] if per_image else query_probs[h]
-                axis_apply(p0, v, 0, out=out_cl)
+                axis_apply(query_side.matrix(start, stop, h), v, 0, out=out_cl)
             out[start:stop] = out_cl.movedim(-1, 1)
-        ctx.save_for_backward(x, weight, query_probs, *key_probs)
+        ctx.save_for_backward(x, weight, keep, query_probs, *key_probs)
+        ctx.scale = scale
         ctx.has_bias = bias is not None
         ctx.chunk = chunk
         return out
@@ -285,24 +313,23 @@ class PositionalMerge(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, weight, query_probs, *key_probs = ctx.saved_tensors
-        need_x, need_w, need_b, need_q, *need_k = ctx.needs_input_grad
+        x, weight, keep, query_probs, *key_probs = ctx.saved_tensors
+        need_x, need_w, need_b, _, _, need_q, *need_k = ctx.needs_input_grad
         batch, channels = x.shape[:2]
-        per_image = query_probs.dim() == 4
+        query_side = _QuerySide(query_probs, keep, ctx.scale)
+        per_image = query_side.per_image
         heads = query_probs.shape[-3]
         out_dim = weight.shape[0]
         n_key = len(key_probs)
         w_heads = weight.view(out_dim, heads, channels).transpose(0, 1)           # (H, O, C)
         w_t = w_heads.transpose(1, 2).contiguous()                               # (H, C, O)
-        q_t = query_probs.transpose(-1, -2)                                      # (.., H, K0, Q0)
-        if not per_image:
-            q_t = q_t.contiguous()
+        q_t = None if per_image else query_probs.transpose(-1, -2).contiguous()  # (H, K0, Q0)
         k_t = [p.transpose(1, 2).contiguous() for p in key_probs]
         grad_x = torch.empty_like(x) if need_x else None
         grad_w = x.new_zeros(heads, out_dim, channels) if need_w else None
         grad_q = None  # one matrix per image: every one written below; shared ones: summed over images
         if need_q:
-            grad_q = torch.empty_like(query_probs) if per_image else torch.zeros_like(query_probs)
+            grad_q = torch.empty_like(query_probs) if query_probs.dim() == 4 else torch.zeros_like(query_probs)
         grad_k = [torch.zeros_like(p) if need else None for p, need in zip(key_probs, need_k)]
         need_u_grad = need_x or any(need_k)
         for start in range(0, batch, ctx.chunk):
@@ -311,8 +338,8 @@ class PositionalMerge(torch.autograd.Function):
             x_cl = _channels_last(x[start:stop])
             gx_cl = torch.zeros_like(x_cl) if need_x else None
             for h in range(heads):
-                p0 = query_probs[start:stop, h] if per_image else query_probs[h]
-                p0_t = q_t[start:stop, h] if per_image else q_t[h]
+                p0 = query_side.matrix(start, stop, h)
+                p0_t = p0.transpose(-1, -2) if per_image else q_t[h]
                 stages: list = []
                 u = _key_side(x_cl, key_probs, h, stages)                        # (b, K0, Q1.., C)
                 if need_w:
@@ -322,7 +349,7 @@ class PositionalMerge(torch.autograd.Function):
                 t = project(g_cl, w_t[h])                                        # (b, Q0, Q1.., C)
                 if need_q:
                     if per_image:
-                        grad_q[start:stop, h] = axis_contract(t, u, 0, per_image=True)
+                        query_side.add_image_grads(grad_q, start, stop, h, axis_contract(t, u, 0, per_image=True))
                     else:
                         grad_q[h] += axis_contract(t, u, 0)
                 if not need_u_grad:
@@ -344,7 +371,7 @@ class PositionalMerge(torch.autograd.Function):
                 grad_x[start:stop] = gx_cl.movedim(-1, 1)
         grad_weight = grad_w.transpose(0, 1).reshape(out_dim, heads * channels) if need_w else None
         grad_bias = grad.sum([d for d in range(grad.dim()) if d != 1]) if need_b and ctx.has_bias else None
-        return (grad_x, grad_weight, grad_bias, grad_q, *grad_k)
+        return (grad_x, grad_weight, grad_bias, None, None, grad_q, *grad_k)
 
 
 def product_groups(query_probs: torch.Tensor, key_probs: Sequence[torch.Tensor]) -> torch.Tensor | None:
@@ -503,26 +530,39 @@ def positional_merge_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch
 
 def positional_merge(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                      query_probs: torch.Tensor, key_probs: Sequence[torch.Tensor] = (), *,
-                     fused: bool | None = None, sharing: bool = True) -> torch.Tensor:
+                     fused: bool | None = None, sharing: bool = True, dropout: float = 0.0) -> torch.Tensor:
     """Positional attention and merge. x (B, C, K0, .., K_{n-1}); query_probs (H, Q0, K0) mixes grid axis 0
-    (or (B, H, Q0, K0), one matrix per image: per-image dropout); key_probs[a - 1] (H, Q_a, K_a) mixes axis a
-    (separable heads; empty for a dense (H, Nq, Nk) matrix on a flattened grid). Returns (B, O, Q0, .., Q_{n-1}).
+    (or (B, H, Q0, K0), one matrix per image); key_probs[a - 1] (H, Q_a, K_a) mixes axis a (separable
+    heads; empty for a dense (H, Nq, Nk) matrix on a flattened grid). Returns (B, O, Q0, .., Q_{n-1}).
 
     fused: True for `PositionalMerge` (chunked, hand-written backward), False for autograd; None picks
     the fused one for float32/float64 outside autocast. sharing: with `fused`, heads whose per-axis
     matrices repeat (`product_groups`) take `ProductMerge`, which applies each distinct matrix once.
+    dropout: attention dropout of dense shared probabilities, an independent mask per image
+    (`impl.dropout`); fused, the dropped-out matrices are built chunk by chunk and never held whole.
     """
     if fused is None:
         fused = x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
+    keep = None
+    if dropout:
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        if key_probs or query_probs.dim() != 3:
+            raise ValueError("dropout needs shared dense probabilities: query_probs (H, Nq, Nk) and no key_probs")
+        shape = (x.shape[0], *query_probs.shape)
+        if fused:
+            keep = keep_mask(shape, dropout, x.device)
+        else:
+            query_probs = apply_dropout(query_probs, dropout, shape=shape)
     if not fused:
         return positional_merge_autograd(x, weight, bias, query_probs, key_probs)
     dtype = x.dtype
     probs = [query_probs.to(dtype), *(p.to(dtype) for p in key_probs)]
-    table = product_groups(probs[0], probs[1:]) if sharing else None
+    bias = None if bias is None else bias.to(dtype)
+    table = product_groups(probs[0], probs[1:]) if sharing and keep is None else None
     if table is not None:
-        return ProductMerge.apply(x, weight.to(dtype), None if bias is None else bias.to(dtype), *probs,
-                                  table.to(x.device))
-    return PositionalMerge.apply(x, weight.to(dtype), None if bias is None else bias.to(dtype), *probs)
+        return ProductMerge.apply(x, weight.to(dtype), bias, *probs, table.to(x.device))
+    return PositionalMerge.apply(x, weight.to(dtype), bias, keep, 1.0 / (1.0 - dropout), *probs)
 
 
 # -- hard-limit heads -----------------------------------------------------------------------------------
