@@ -13,6 +13,7 @@ against (alpha = 4 for the finite-alpha paths, inf for the hard limit).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import math
 import os
@@ -21,8 +22,13 @@ import resource
 import torch
 from torch import nn
 
+from impl.allocator import retain_freed_memory
 from impl.attention import RelativeSelfAttention
 from impl.convert import conv_to_attention
+
+# Every benchmark process keeps freed memory for re-use, as the trainer does (both sides of each
+# comparison; ATTENTION_CNN_MALLOC=system measures glibc's defaults instead).
+RETAINED_MEMORY = retain_freed_memory()
 
 DEVICES = ("cpu", "cuda")
 SIZES = (16, 32)
@@ -42,6 +48,13 @@ LAYER_PATHS = (
     "dense-reference",       # the separable-quadratic layer computed plainly: attention_probabilities + einsum
     "content-reference",     # the learned-content layer computed plainly: (B, H, Nq, Nk) scores, softmax, einsums
 )
+
+
+def header(where: str, details: str) -> str:
+    """The first line of every command-line table: date, torch, the machine (`where`), load, allocator."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    malloc = "retained" if RETAINED_MEMORY else "system"
+    return f"# {datetime.date.today()}  torch {torch.__version__}  {where}  load average {load:.1f}  malloc {malloc}  {details}"
 
 
 @contextlib.contextmanager

@@ -13,8 +13,6 @@ GFLOP/s and images/s per model, and the ratio of the FLOP rates (attention / Res
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import statistics
 import time
 
@@ -60,8 +58,7 @@ def _table(args) -> None:
     for _ in range(args.rounds):
         for m in MODELS:
             seconds[m].append(_step_seconds(nets[m], optimizers[m], images, labels, args.device))
-    print(f"# {datetime.date.today()}  torch {torch.__version__}  {args.device}  threads {args.threads}  "
-          f"load average {os.getloadavg()[0]:.1f}  batch {args.batch}  rounds {args.rounds}")
+    print(common.header(f"{args.device}  threads {args.threads}", f"batch {args.batch}  rounds {args.rounds}"))
     print("| model | GFLOP per step | step (s, median) | GFLOP/s | images/s |\n|---|---|---|---|---|")
     for m in MODELS:
         step = statistics.median(seconds[m])

@@ -14,12 +14,9 @@ gradients); the small passes are `aten::bmm` / `aten::baddbmm_`; layout changes 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import statistics
 import time
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from . import common
@@ -67,9 +64,8 @@ def main(argv=None) -> int:
         conv_ms, conv_ops = op_times(conv, x, args.steps)
         path_ms, path_ops = op_times(path, x, args.steps)
         plain_conv, plain_path = unprofiled_ms((conv, path), x, args.steps)
-    print(f"# {datetime.date.today()}  torch {torch.__version__}  threads {args.threads}  load average "
-          f"{os.getloadavg()[0]:.1f}  ({args.path} and conv, {args.size}x{args.size} tokens, batch "
-          f"{x.shape[0]}, forward + backward, {args.steps} passes each)")
+    print(common.header(f"threads {args.threads}", f"({args.path} and conv, {args.size}x{args.size} tokens, "
+                        f"batch {x.shape[0]}, forward + backward, {args.steps} passes each)"))
     print(f"\nunprofiled (wall clock, median): {args.path} {plain_path:.1f} ms = {plain_path / plain_conv:.2f} x "
           f"conv ({plain_conv:.1f} ms)")
     print(f"profiled (sum of self CPU times): {args.path} {path_ms:.1f} ms = {path_ms / conv_ms:.2f} x conv "

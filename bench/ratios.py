@@ -18,7 +18,6 @@ memory over the forward + backward (torch.cuda.max_memory_allocated, MiB).
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import statistics
@@ -113,12 +112,10 @@ def main(argv=None) -> int:
         parser.error("--precision bf16-autocast is measured on --device cuda only")
     os.environ["BENCH_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     where = (torch.cuda.get_device_name() if args.device == "cuda" else
              f"{platform.processor() or platform.machine()}  {os.cpu_count()} CPUs  threads {args.threads}")
-    print(f"# {datetime.date.today()}  torch {torch.__version__}  {where}  load average {load:.1f}  (batch "
-          f"{common.LAYER_BATCH[args.device]}, {common.CHANNELS} channels, {common.HEADS} heads, "
-          f"{args.precision}, forward + backward)")
+    print(common.header(where, f"(batch {common.LAYER_BATCH[args.device]}, {common.CHANNELS} channels, "
+                               f"{common.HEADS} heads, {args.precision}, forward + backward)"))
     rows = measure(paths, sizes, args.rounds, args.min_run_time, args.cpu_time, args.device, args.precision)
     header = "| path | tokens | conv (ms, median) | ours / conv (median of rounds) | range |"
     header += " CPU-time ratio |" if args.cpu_time else ""

@@ -9,13 +9,9 @@ is forced by making `product_groups` find no sharing, which is what a layer with
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import statistics
 import time
 from unittest import mock
-
-import torch
 
 from impl.attention import mixing
 
@@ -39,8 +35,7 @@ def main(argv=None) -> int:
 
 
 def _table(args) -> None:
-    print(f"# {datetime.date.today()}  torch {torch.__version__}  threads 1  load average "
-          f"{os.getloadavg()[0]:.1f}  (batch 16, 400 channels, 9 heads, alpha 4, forward + backward, CPU time)")
+    print(common.header("threads 1", "(batch 16, 400 channels, 9 heads, alpha 4, forward + backward, CPU time)"))
     print("| tokens | conv (ms) | shared / conv | range | per-head / conv | range |\n|---|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         x = common.layer_input(size, "cpu", requires_grad=True)

@@ -15,8 +15,6 @@ included). Issue 5's GPU target: `sa_quadratic` >= 4,000 images/s in bf16 autoca
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import statistics
 import time
 
@@ -106,8 +104,7 @@ def main(argv=None) -> int:
     with common.intra_op_threads(args.threads):
         rates = measure(models, precisions, args.device, batch, args.rounds, args.steps)
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, threads {args.threads}"
-    print(f"# {datetime.date.today()}  torch {torch.__version__}  {where}  load average {os.getloadavg()[0]:.1f}"
-          f"  batch {batch}  rounds {args.rounds} x {args.steps} steps")
+    print(common.header(where, f"batch {batch}  rounds {args.rounds} x {args.steps} steps"))
     print("| model | precision | images/s (median) | range |\n|---|---|---|---|")
     for (m, p), values in rates.items():
         print(f"| {m} | {p} | {statistics.median(values):.1f} | {min(values):.1f}-{max(values):.1f} |")

@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from impl import checkpoint, data, models, presets
+from impl.allocator import retain_freed_memory
 from impl.checkpoint import CheckpointError
 from impl.schedule import SCHEDULES, build_schedule
 
@@ -737,6 +738,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     dist = distributed_from_environment()
     cfg = resolve_config(args, parser, dist.world_size)
+    if cfg.device == "cpu":
+        retain_freed_memory()  # big activations re-used, not faulted in afresh every step (impl/allocator.py)
     if dist.enabled:
         torch_dist.init_process_group("nccl" if cfg.device == "cuda" else "gloo")
         if cfg.device == "cuda":
