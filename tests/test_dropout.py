@@ -113,3 +113,24 @@ def test_cuda_takes_torch_dropout():
     y = dropout(x, 0.2)
     kept = y != 0
     assert torch.allclose(y[kept], x[kept] / 0.8)
+
+
+@pytest.mark.parametrize("encoding", ["quadratic", "generalized"])
+def test_the_attention_layers_dropout_is_per_image_and_unbiased(encoding):
+    """RelativeSelfAttention(attn_dropout=p) in training: identical images get different outputs (a mask per
+    image), and their mean is the eval output within six standard errors of the empirical spread."""
+    from impl.attention import RelativeSelfAttention
+
+    torch.manual_seed(7)
+    layer = RelativeSelfAttention(3, heads=4, encoding=encoding, attn_dropout=0.3)
+    image = torch.randn(1, 3, 5, 4)
+    images = image.expand(512, -1, -1, -1).contiguous()
+    with torch.no_grad():
+        layer.train()
+        dropped = layer(images)
+        layer.eval()
+        clean = layer(image)[0]
+    assert not torch.allclose(dropped[0], dropped[1])
+    mean, spread = dropped.mean(0), dropped.std(0)
+    assert torch.all((mean - clean).abs() <= 6 * spread / math.sqrt(len(images)) + 1e-6)
+    assert (mean - clean).abs().max() > 0  # a finite sample: not the eval output exactly
