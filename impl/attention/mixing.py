@@ -24,7 +24,8 @@ The fast paths, which return the merged output (B, O, *Q) directly and never hol
   backward that recomputes the per-head tensors instead of keeping them (CPU); `positional_merge_autograd`
   is the same computation left to autograd (CUDA, autocast, any dtype). Heads that share their per-axis
   matrices (a converted convolution) take `ProductMerge`, which applies each distinct matrix once. With one
-  matrix per image (attention dropout) the products run image by image through oneDNN on CPU float32.
+  matrix per image the products run image by image through oneDNN on CPU float32; attention dropout
+  (`dropout=p`) makes each image's matrices from the shared ones and a boolean mask, chunk by chunk.
 - `content_attention` / `flex_content`: content scores plus a positional bias: `scaled_dot_product_attention`
   with the bias as a float mask (CPU, and CUDA with dropout), or FlexAttention on CUDA with the relative
   score as a `score_mod` built by `relative_score_mod`, whose score logic (`relative_score`) the CPU
