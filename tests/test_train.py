@@ -169,6 +169,18 @@ def test_a_batch_larger_than_the_data_set_is_refused_before_writing(capsys, tmp_
     assert not (tmp_path / "run").exists()
 
 
+def test_cpu_runs_keep_freed_memory_for_reuse(monkeypatch, tmp_path):
+    """impl.allocator.retain_freed_memory is called once per CPU run, before any training."""
+    calls = []
+    monkeypatch.setattr(train, "retain_freed_memory", lambda: calls.append("called") or True)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:  # refused before training (batch too large): the call comes first
+        train.main(["--preset", "quadratic", "--data", "digits", "--batch-size", "5000", "--out", str(tmp_path / "r")])
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    assert calls == ["called"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where CUDA is missing")
 def test_device_cuda_without_cuda_is_a_clear_error(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
