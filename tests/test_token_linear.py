@@ -6,15 +6,14 @@ from torch import nn
 
 from impl.models import build
 from impl.models.linear import TokenLinear
+from verify import tolerances
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-UNIT_ROUNDOFF = 2.0 ** -24  # float32
-
 
 def _gamma(n: int) -> float:
-    """Higham's gamma_n: the relative error bound of an n-term float32 dot product."""
-    return n * UNIT_ROUNDOFF / (1 - n * UNIT_ROUNDOFF)
+    """Higham's gamma_n for float32 (spec's, through verify.tolerances): an n-term dot product's bound."""
+    return tolerances.gamma(n, torch.float32)
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 7, 12), (3, 11, 12)])
@@ -51,7 +50,7 @@ def test_other_inputs_take_nn_linear():
     assert torch.equal(layer(x2), nn.functional.linear(x2, layer.weight, layer.bias))
     layer64 = TokenLinear(4, 3).double()
     x64 = torch.randn(2, 5, 4, dtype=torch.float64)
-    assert torch.allclose(layer64(x64), nn.functional.linear(x64, layer64.weight, layer64.bias), rtol=0, atol=1e-12)
+    assert torch.equal(layer64(x64), nn.functional.linear(x64, layer64.weight, layer64.bias))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer(torch.randn(2, 5, 4)).dtype == torch.bfloat16  # autocast's nn.Linear, not oneDNN's float32
 

@@ -560,7 +560,7 @@ def positional_merge(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     dtype = x.dtype
     probs = [query_probs.to(dtype), *(p.to(dtype) for p in key_probs)]
     bias = None if bias is None else bias.to(dtype)
-    table = product_groups(probs[0], probs[1:]) if sharing and keep is None else None
+    table = product_groups(probs[0], probs[1:]) if sharing else None  # None with dropout: no key_probs
     if table is not None:
         return ProductMerge.apply(x, weight.to(dtype), bias, *probs, table.to(x.device))
     return PositionalMerge.apply(x, weight.to(dtype), bias, keep, 1.0 / (1.0 - dropout), *probs)
