@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from impl.dropout import Dropout, _MaskedScale, dropout, keep_mask
+from impl.dropout import Dropout, _MaskedScale, dropout, keep_mask, keep_probability
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -17,9 +17,35 @@ def test_keep_fraction_is_binomial(p):
     n = 1 << 20
     torch.manual_seed(0)
     kept = keep_mask((n,), p).sum().item()
-    keep = 1 - round(p * 2**31) / 2**31
-    assert abs(keep - (1 - p)) < 2**-31
+    keep = keep_probability(p)
+    assert abs(keep - (1 - p)) <= 2**-16
     assert abs(kept - n * keep) < 6 * math.sqrt(n * keep * (1 - keep))  # six standard deviations
+
+
+def test_keep_probability_is_exact_on_multiples_of_two_to_the_minus_fifteen():
+    assert keep_probability(0.5) == 0.5 and keep_probability(0.25) == 0.75 and keep_probability(0.0) == 1.0
+    assert keep_probability(3 * 2**-15) == 1 - 3 * 2**-15
+    assert keep_probability(0.1) == 1 - 3277 / 2**15
+
+
+@pytest.mark.parametrize("p", [0.1, 0.7])
+def test_each_of_a_words_four_pieces_is_binomial(p):
+    """The mask reads each 64-bit draw as four 15-bit integers: elements 4i .. 4i + 3. Every position in
+    the word keeps with the same probability (a piece whose top bit were not cleared, or a short top piece,
+    would keep about twice as often as the others)."""
+    n = 1 << 20
+    torch.manual_seed(8)
+    keep = keep_probability(p)
+    by_piece = keep_mask((n // 4, 4), p).sum(0)
+    for kept in by_piece.tolist():
+        assert abs(kept - n / 4 * keep) < 6 * math.sqrt(n / 4 * keep * (1 - keep))
+
+
+def test_masks_of_any_length_and_shape():
+    torch.manual_seed(9)
+    for shape in [(0,), (1,), (3,), (5, 7), (2, 3, 1, 5)]:
+        mask = keep_mask(shape, 0.3)
+        assert mask.shape == shape and mask.dtype == torch.bool
 
 
 def test_masks_are_independent_across_elements_and_calls():
@@ -36,7 +62,7 @@ def test_kept_values_are_scaled_exactly_and_dropped_ones_are_zero():
     y = dropout(x, 0.1)
     kept = y != 0
     assert 0 < kept.sum() < x.numel()
-    assert torch.equal(y[kept], x[kept] * (1 / 0.9))
+    assert torch.equal(y[kept], x[kept] * (1 / keep_probability(0.1)))
 
 
 def test_reproducible_under_manual_seed_and_generator():
@@ -56,7 +82,7 @@ def test_gradient_is_the_mask_times_the_scale():
     assert torch.autograd.gradcheck(lambda t: _MaskedScale.apply(t, keep, 1 / 0.6), (x,))
     y = dropout(x, 0.4)
     y.backward(torch.ones_like(y))
-    assert torch.equal(x.grad, (y != 0).double() / 0.6)
+    assert torch.equal(x.grad, (y != 0).double() / keep_probability(0.4))
 
 
 def test_broadcast_input_gets_one_mask_per_element_and_a_summed_gradient():
@@ -77,6 +103,8 @@ def test_identity_when_not_training_or_p_zero_and_zeros_at_p_one():
     assert dropout(x, 0.5, training=False) is x
     assert dropout(x, 0.0) is x
     assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    assert torch.equal(dropout(x, 1 - 2**-17), torch.zeros_like(x))  # keeps with probability 0: no 1/0
+    assert torch.equal(dropout(x, 2**-17), x)  # keeps with probability 1, scale 1
     assert dropout(x, 0.5, training=False, shape=(2, 3, 4)).shape == (2, 3, 4)
 
 

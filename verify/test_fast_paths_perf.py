@@ -27,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from impl.attention import mixing
-from impl.dropout import keep_mask
+from impl.dropout import keep_mask, keep_probability
 from verify import reference, strategies, tolerances
 from verify.assertions import assert_all_within
 from verify.cases import ConvertedCase, LayerCase
@@ -290,8 +290,8 @@ def test_per_image_probabilities_equal_plain_path(dtype, fused, batch, heads, ch
 def test_attention_dropout_equals_plain_path_on_the_same_mask(dtype, fused, batch, heads, channels, out_dim,
                                                              tokens, queries, p, seed):
     """positional_merge(..., dropout=p) on shared probabilities P (H, Nq, Nk): fused, each image's matrix
-    where(keep, P / (1 - p), 0) is built chunk by chunk and P's gradient summed straight from the
-    per-image ones; not fused, the dropped-out (B, H, Nq, Nk) probabilities are materialised. Both equal
+    where(keep, P / q, 0) (q = keep_probability(p)) is built chunk by chunk and P's gradient summed straight
+    from the per-image ones; not fused, the dropped-out (B, H, Nq, Nk) probabilities are materialised. Both equal
     the plain per-image formula (mix_dense + merge_heads) on the same mask (`impl.dropout.keep_mask`
     under the same seed), output and gradients wrt x, W and P, within twice gamma_n of the sums of
     |terms| (n now counts the batch sum in P's gradient too)."""
@@ -312,7 +312,7 @@ def test_attention_dropout_equals_plain_path_on_the_same_mask(dtype, fused, batc
         return [out.detach()] + [t.grad for t in leaves]
 
     def plain(x, weight, probs):
-        return _plain_per_image(x, weight, None, torch.where(keep, probs / (1 - p), 0))
+        return _plain_per_image(x, weight, None, torch.where(keep, probs / keep_probability(p), 0))
 
     def fast(x, weight, probs):
         torch.manual_seed(seed)  # the same mask as `keep`

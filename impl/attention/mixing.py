@@ -43,7 +43,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..dropout import dropout as apply_dropout, keep_mask
+from ..dropout import dropout as apply_dropout, keep_mask, keep_probability
 
 # Per-head tensors of a chunk of images are kept near this size per thread, so they stay in cache and are
 # re-used from the allocator's free lists instead of being faulted in afresh at every call. No cap on the
@@ -563,7 +563,8 @@ def positional_merge(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     table = product_groups(probs[0], probs[1:]) if sharing else None  # None with dropout: no key_probs
     if table is not None:
         return ProductMerge.apply(x, weight.to(dtype), bias, *probs, table.to(x.device))
-    return PositionalMerge.apply(x, weight.to(dtype), bias, keep, 1.0 / (1.0 - dropout), *probs)
+    kept = keep_probability(dropout)  # every element dropped when 0: the scale is then never applied
+    return PositionalMerge.apply(x, weight.to(dtype), bias, keep, 1.0 / kept if kept else 0.0, *probs)
 
 
 # -- hard-limit heads -----------------------------------------------------------------------------------
