@@ -221,3 +221,79 @@ def test_gpu_session_script_is_valid_bash_and_rejects_unknown_phases(tmp_path):
                               env=dict(env, PYTHON=sys.executable))
         assert done.returncode == 3 and "no CUDA device" in done.stderr, done.stderr
         assert not (tmp_path / "out").exists()
+
+
+def _account_rows(out: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in out.splitlines():
+        if line.startswith("| ") and not line.startswith(("| function", "|---")):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_account_separates_a_callees_time_from_its_callers():
+    import time as clock
+
+    from bench.account import Account
+
+    account = Account()
+    inner = account.timed("inner", lambda: clock.sleep(0.02))
+    outer = account.timed("outer", lambda: (clock.sleep(0.01), inner()))
+    outer()
+    assert account.calls == {"inner": 1, "outer": 1}
+    assert account.inclusive["outer"] >= 0.03 and account.exclusive["inner"] >= 0.02
+    assert account.exclusive["outer"] == pytest.approx(account.inclusive["outer"] - account.inclusive["inner"])
+    assert account.exclusive["outer"] < 0.02  # the 20 ms spent in `inner` is not counted twice
+
+
+def test_account_layer_times_the_fused_path_and_restores_it(tiny, capsys):
+    from bench import account
+    from impl.attention import mixing
+
+    before = {name: mixing.__dict__[name] for name in ("project", "axis_apply", "keep_mask")}
+    forward = mixing.ProductMerge.__dict__["forward"]
+    assert account.main(["--size", "4", "--batch", "2", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    ratio = next(line for line in out.splitlines() if line.startswith("separable-quadratic "))
+    assert float(ratio.split(" = ")[1].split(" x conv")[0]) > 0
+    rows = _account_rows(out)
+    assert rows["ProductMerge.forward"][0] == "1" and rows["ProductMerge.backward"][0] == "1"  # calls a pass
+    for label, (calls, inclusive, exclusive, _) in rows.items():
+        if label != "outside":
+            assert float(inclusive) >= float(exclusive) >= 0, label
+    assert {name: mixing.__dict__[name] for name in before} == before
+    assert mixing.ProductMerge.__dict__["forward"] is forward
+
+
+def test_account_model_counts_every_mask_and_attention_call(tiny, capsys):
+    from bench import account
+
+    assert account.main(["--model", "sa_quadratic", "--batch", "2", "--rounds", "1", "--threads", "1"]) == 0
+    rows = _account_rows(capsys.readouterr().out)
+    depth = len(common.model("sa_quadratic", "cpu").layers)
+    assert rows["PositionalMerge.forward"][0] == str(depth)  # the fused attention dropout path
+    assert rows["keep_mask"][0] == str(3 * depth)  # one attention mask and two hidden-state masks a layer
+
+
+def test_account_restores_the_functions_when_the_body_raises():
+    from bench.account import accounting
+    from impl.attention import mixing
+
+    project = mixing.project
+    with pytest.raises(RuntimeError):
+        with accounting():
+            assert mixing.project is not project
+            raise RuntimeError("boom")
+    assert mixing.project is project
+
+
+def test_account_rejects_unknown_layers_and_models(tiny):
+    from bench import account
+
+    with pytest.raises(SystemExit):
+        account.main(["--layer", "conv"])
+    with pytest.raises(SystemExit):
+        account.main(["--model", "no_such_model", "--rounds", "1"])
+    with pytest.raises(SystemExit):
+        account.main(["--layer", "learned", "--model", "sa_quadratic"])
