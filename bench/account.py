@@ -2,9 +2,9 @@
 
 torch.profiler moves time on this project's CPU (it once put the convolution's pass at 548 ms against 345
 unprofiled, and made one small batched matmul read 2 ms a call where it takes 0.47), so this accounts
-without it: it wraps the functions of the attention path (`impl.attention.mixing`'s fused autograd
-functions and the helpers they call, and the dropout masks) with a wall clock, runs the passes, and prints
-per function and pass: calls, inclusive ms, exclusive ms (its wrapped callees' time taken out) and that
+without it: it wraps the functions of the attention path (the fused autograd functions of
+`impl.attention.mixing` and `dense_merge`, the helpers they call, and the dropout masks) with a wall
+clock, runs the passes, and prints per function and pass: calls, inclusive ms, exclusive ms (its wrapped callees' time taken out) and that
 as a fraction of the whole pass. Whatever no wrapped function covers is one line, "outside".
 
     python -m bench.account                                   # separable-quadratic, 16x16, vs the conv
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from impl import dropout
-from impl.attention import mixing
+from impl.attention import dense_merge, mixing
 
 from . import common
 
@@ -30,10 +30,12 @@ from . import common
 WRAPPED = (
     (mixing.PositionalMerge, "forward"), (mixing.PositionalMerge, "backward"),
     (mixing.ProductMerge, "forward"), (mixing.ProductMerge, "backward"),
+    (dense_merge.DenseMerge, "forward"), (dense_merge.DenseMerge, "backward"),
     (mixing, "project"), (mixing, "weight_grad"), (mixing, "axis_apply"), (mixing, "axis_contract"),
     (mixing, "_per_image_apply"), (mixing, "_channels_last"), (mixing, "_bias_filled"),
     (mixing._QuerySide, "matrix"), (mixing._QuerySide, "add_image_grads"),
-    (mixing, "keep_mask"), (dropout, "keep_mask"),
+    (dense_merge, "project"), (dense_merge, "weight_grad"), (dense_merge, "matmul"),
+    (dense_merge, "keep_mask"), (dropout, "keep_mask"),
 )
 
 

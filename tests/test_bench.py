@@ -249,9 +249,10 @@ def test_account_separates_a_callees_time_from_its_callers():
 
 def test_account_layer_times_the_fused_path_and_restores_it(tiny, capsys):
     from bench import account
-    from impl.attention import mixing
+    from impl.attention import dense_merge, mixing
 
-    before = {name: mixing.__dict__[name] for name in ("project", "axis_apply", "keep_mask")}
+    before = {name: mixing.__dict__[name] for name in ("project", "axis_apply")}
+    mask = dense_merge.__dict__["keep_mask"]
     forward = mixing.ProductMerge.__dict__["forward"]
     assert account.main(["--size", "4", "--batch", "2", "--rounds", "2"]) == 0
     out = capsys.readouterr().out
@@ -263,6 +264,7 @@ def test_account_layer_times_the_fused_path_and_restores_it(tiny, capsys):
         if label != "outside":
             assert float(inclusive) >= float(exclusive) >= 0, label
     assert {name: mixing.__dict__[name] for name in before} == before
+    assert dense_merge.__dict__["keep_mask"] is mask
     assert mixing.ProductMerge.__dict__["forward"] is forward
 
 
@@ -272,7 +274,7 @@ def test_account_model_counts_every_mask_and_attention_call(tiny, capsys):
     assert account.main(["--model", "sa_quadratic", "--batch", "2", "--rounds", "1", "--threads", "1"]) == 0
     rows = _account_rows(capsys.readouterr().out)
     depth = len(common.model("sa_quadratic", "cpu").layers)
-    assert rows["PositionalMerge.forward"][0] == str(depth)  # the fused attention dropout path
+    assert rows["DenseMerge.forward"][0] == str(depth)  # the fused attention dropout path
     assert rows["keep_mask"][0] == str(3 * depth)  # one attention mask and two hidden-state masks a layer
 
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import spec
 from impl.attention import mixing
+from impl.attention.dense_merge import DenseMerge
 from impl.convert import conv_to_attention
 from verify import checks, reference, strategies, tolerances
 from verify.assertions import RECORDS, assert_within, not_recorded
@@ -174,16 +175,15 @@ def test_the_assertion_helper_fails_as_documented():
 @given(case=strategies.layer_cases(encoding=st.sampled_from(("quadratic", "learned", "generalized")),
                                    content=st.just(False), hard=st.just(False)), seed=strategies.seeds())
 def test_a_backward_off_by_a_thousandth_is_caught(case: LayerCase, seed: int):
-    """The layer's hand-written backward (impl.attention.mixing.PositionalMerge), its gradients scaled by
-    1.001: the gradient check must notice."""
+    """The layer's hand-written backwards (`mixing.PositionalMerge`, `dense_merge.DenseMerge`), their
+    gradients scaled by 1.001: the gradient check must notice."""
     layer, x = case.build()
     layer.train()
     upstream = torch.randn(layer(x).shape, generator=torch.Generator().manual_seed(seed),
                            dtype=torch.float64).to(x.dtype)
-    original = mixing.PositionalMerge.backward
+    def skewed(original):
+        return staticmethod(lambda ctx, grad: tuple(None if g is None else g * 1.001 for g in original(ctx, grad)))
 
-    def skewed(ctx, grad):
-        return tuple(None if g is None else g * 1.001 for g in original(ctx, grad))
-
-    with mock.patch.object(mixing.PositionalMerge, "backward", staticmethod(skewed)):
+    with mock.patch.object(mixing.PositionalMerge, "backward", skewed(mixing.PositionalMerge.backward)), \
+            mock.patch.object(DenseMerge, "backward", skewed(DenseMerge.backward)):
         _rejects(checks.fast_path_gradients, "fast-paths", layer, x, upstream, case.describe(), "")

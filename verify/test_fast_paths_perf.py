@@ -7,9 +7,10 @@ autograd, the same gradients wrt the input, the merge and the encoding's paramet
 rounding of two computations (`tolerances.attention_rounding` and `tolerances.gradient_tolerances`,
 once per side):
 
-- `positional_merge`, fused (`PositionalMerge`: chunked, hand-written backward; forced here to one image
-  per chunk) and left to autograd (`positional_merge_autograd`, the CUDA/autocast path), for separable
-  heads (per-axis matrices) and dense ones (generalized: one matrix on the flattened grid);
+- `positional_merge`, fused (hand-written backwards, forced here to one image per chunk: `PositionalMerge`
+  for separable heads, `DenseMerge` for dense ones) and left to autograd (`positional_merge_autograd`, the
+  CUDA/autocast path), for separable heads (per-axis matrices) and dense ones (generalized: one matrix on
+  the flattened grid);
 - `shifts_as_conv` (hard heads that read a fixed shift of their query, run as a convolution that
   zero-pads itself, or on the padded input for the other padding modes) and
   `shifts_merge` (any hard heads: one gather, one projection);
@@ -21,19 +22,31 @@ Float64, random (not converted) layers, 1-3 dims, random geometries.
 
 from __future__ import annotations
 
+import contextlib
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from impl.attention import mixing
-from impl.dropout import keep_mask, keep_probability
+from impl.attention import dense_merge, mixing
+from impl.attention.dense_merge import attention_keep_mask
+from impl.dropout import keep_probability
 from verify import reference, strategies, tolerances
 from verify.assertions import assert_all_within
 from verify.cases import ConvertedCase, LayerCase
 from verify.profiles import examples
 
 STATEMENT = "fast-paths"
+
+
+@contextlib.contextmanager
+def one_image_chunks():
+    """Every fused path one image per chunk: their chunk loops are exercised."""
+    with mock.patch.object(mixing, "CHUNK_BYTES", 1), mock.patch.object(mixing, "PRODUCT_CHUNK_BYTES", 1), \
+            mock.patch.object(dense_merge, "CHUNK_BYTES", 1):
+        yield
 
 
 def dense_path(layer, x: torch.Tensor) -> torch.Tensor:
@@ -126,12 +139,9 @@ hard_cases = strategies.layer_cases(encoding=st.just("quadratic"), content=st.ju
 @examples(0.4)
 @given(case=positional_cases)
 def test_positional_merge_equals_dense_path(fused: bool, case: LayerCase):
-    saved, mixing.CHUNK_BYTES = mixing.CHUNK_BYTES, 1  # one image per chunk: the chunk loop is exercised
-    try:
+    with one_image_chunks():
         _compare(case, lambda layer, x: _separable_or_dense(layer, x, fused),
-                 "PositionalMerge" if fused else "positional_merge_autograd")
-    finally:
-        mixing.CHUNK_BYTES = saved
+                 "PositionalMerge/DenseMerge" if fused else "positional_merge_autograd")
 
 
 @pytest.mark.statement(STATEMENT)
@@ -265,12 +275,9 @@ def test_per_image_probabilities_equal_plain_path(dtype, fused, batch, heads, ch
     path_dtype = getattr(torch, dtype)
     x, weight, probs, upstream = (t.to(path_dtype).double() for t in (x, weight, probs, upstream))
     b = None if b is None else b.to(path_dtype).double()
-    saved, mixing.CHUNK_BYTES = mixing.CHUNK_BYTES, 1
-    try:
+    with one_image_chunks():
         fast = run(lambda *a: mixing.positional_merge(*a, fused=fused),
                    *(None if t is None else t.to(path_dtype) for t in (x, weight, b, probs, upstream)))
-    finally:
-        mixing.CHUNK_BYTES = saved
     plain = run(_plain_per_image, x, weight, b, probs, upstream)
     absolute = run(_plain_per_image, x.abs(), weight.abs(), None if b is None else b.abs(), probs, upstream.abs())
     n = tokens + heads * channels + batch * queries + out_dim + 2
@@ -292,11 +299,11 @@ def test_per_image_probabilities_equal_plain_path(dtype, fused, batch, heads, ch
 def test_attention_dropout_equals_plain_path_on_the_same_mask(dtype, fused, batch, heads, channels, out_dim,
                                                              tokens, queries, p, seed):
     """positional_merge(..., dropout=p) on shared probabilities P (H, Nq, Nk): fused, each image's matrix
-    where(keep, P / q, 0) (q = keep_probability(p)) is built chunk by chunk and P's gradient summed straight
-    from the per-image ones; not fused, the dropped-out (B, H, Nq, Nk) probabilities are materialised. Both equal
-    the plain per-image formula (mix_dense + merge_heads) on the same mask (`impl.dropout.keep_mask`
-    under the same seed), output and gradients wrt x, W and P, within twice gamma_n of the sums of
-    |terms| (n now counts the batch sum in P's gradient too)."""
+    where(keep, P / q, 0) (q = keep_probability(p)) is built image by image (`DenseMerge`) and P's gradient
+    summed straight from the per-image ones; not fused, the dropped-out (B, H, Nq, Nk) probabilities are
+    materialised. Both equal the plain per-image formula (mix_dense + merge_heads) on the same mask
+    (`dense_merge.attention_keep_mask` under the same seed), output and gradients wrt x, W and P, within
+    twice gamma_n of the sums of |terms| (n bounds the chains of sums of both computations)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, channels, tokens, generator=g, dtype=torch.float64)
     probs = torch.softmax(torch.randn(heads, queries, tokens, generator=g, dtype=torch.float64), -1)
@@ -305,7 +312,7 @@ def test_attention_dropout_equals_plain_path_on_the_same_mask(dtype, fused, batc
     path_dtype = getattr(torch, dtype)
     x, weight, probs, upstream = (t.to(path_dtype).double() for t in (x, weight, probs, upstream))
     torch.manual_seed(seed)
-    keep = keep_mask((batch, *probs.shape), p)
+    keep = attention_keep_mask(batch, probs.shape, p)
 
     def run(fn, x, weight, probs, upstream):
         leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, probs)]
@@ -320,14 +327,14 @@ def test_attention_dropout_equals_plain_path_on_the_same_mask(dtype, fused, batc
         torch.manual_seed(seed)  # the same mask as `keep`
         return mixing.positional_merge(x, weight, None, probs, fused=fused, dropout=p)
 
-    saved, mixing.CHUNK_BYTES = mixing.CHUNK_BYTES, 1
-    try:
+    with one_image_chunks():
         got = run(fast, *(t.to(path_dtype) for t in (x, weight, probs, upstream)))
-    finally:
-        mixing.CHUNK_BYTES = saved
     want = run(plain, x, weight, probs, upstream)
     absolute = run(plain, x.abs(), weight.abs(), probs, upstream.abs())
-    n = tokens + heads * channels + batch * queries + batch + 2
+    # n bounds every chain of sums of either computation: the plain one (tokens, then heads x channels; the
+    # gradients' out_dim, queries and batch sums) and DenseMerge's (channels, then tokens x heads; queries,
+    # then heads x out_dim; batch x tokens for W, batch for P)
+    n = channels + heads * (channels + tokens + out_dim) + batch * (tokens + queries) + queries + out_dim + 2
     checks = [(f"max|positional_merge(dropout) - plain| ({name})", (f.double() - w).abs(),
                2 * tolerances.gamma(n, path_dtype) * a)
               for name, f, w, a in zip(["output", "d/dx", "d/dW", "d/dP"], got, want, absolute)]
@@ -351,11 +358,8 @@ def test_product_merge_equals_dense_path(case: ConvertedCase):
     kind, value = layer.positional(tuple(x.shape[2:]), x.dtype, x.device)
     assert kind == "separable" and mixing.product_groups(value[0], value[1:]) is not None, \
         "a converted convolution's heads must share their per-axis matrices"
-    saved, mixing.PRODUCT_CHUNK_BYTES = mixing.PRODUCT_CHUNK_BYTES, 1  # one image per chunk: the loop is exercised
-    try:
+    with one_image_chunks():
         _compare(case, lambda layer, x: layer(x), "ProductMerge")
-    finally:
-        mixing.PRODUCT_CHUNK_BYTES = saved
 
 
 def test_product_groups_finds_the_shared_matrices():

@@ -20,8 +20,9 @@ from torch import nn
 
 from .encodings import ENCODINGS, LearnedEncoding, QuadraticEncoding, RelativeEncoding, build_encoding
 from .geometry import Geometry
-from .mixing import (content_attention, flex_content, positional_merge, project, pure_shifts,
-                     shifts_as_conv, shifts_merge, use_flex)
+from .gemm import project
+from .mixing import (content_attention, flex_content, positional_merge, pure_shifts, shifts_as_conv,
+                     shifts_merge, use_flex)
 
 
 def _positive_int(name: str, value) -> int:

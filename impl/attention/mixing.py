@@ -13,19 +13,21 @@ half-precision inputs):
 - `mix_dense`: one (H, Nq, Nk) matrix, or (B, H, Nq, Nk) when it differs per image (dropout).
 
 The fast paths, which return the merged output (B, O, *Q) directly and never hold a
-(B, heads * channels, tokens) tensor:
+(B, heads * channels, tokens) tensor of per-head averages:
 
 - `shifts_as_conv`: hard-limit heads whose keys are pure shifts of the query are a convolution; run it.
 - `shifts_merge`: any other hard-limit heads: one gather into channels-last tokens, one projection.
-- `positional_merge`: positional (batch-free) attention, separable or dense. Head by head: the key-side
-  axes are mixed first (small batched matmuls on channels-last tokens), the head's block of the merge
-  projects the channels (the large GEMM; through oneDNN on CPU float32), and the query-side axis is mixed
-  last, accumulating into the output. `PositionalMerge` does this in chunks of images with a hand-written
-  backward that recomputes the per-head tensors instead of keeping them (CPU); `positional_merge_autograd`
-  is the same computation left to autograd (CUDA, autocast, any dtype). Heads that share their per-axis
-  matrices (a converted convolution) take `ProductMerge`, which applies each distinct matrix once. With one
-  matrix per image the products run image by image through oneDNN on CPU float32; attention dropout
-  (`dropout=p`) makes each image's matrices from the shared ones and a boolean mask, chunk by chunk.
+- `positional_merge`: positional (batch-free) attention, separable or dense. Separable heads, head by
+  head: the key-side axes are mixed first (small batched matmuls on channels-last tokens), the head's
+  block of the merge projects the channels (the large GEMM; through oneDNN on CPU float32, `gemm`), and
+  the query-side axis is mixed last, accumulating into the output. `PositionalMerge` does this in chunks
+  of images with a hand-written backward that recomputes the per-head tensors instead of keeping them;
+  `positional_merge_autograd` is the same computation left to autograd (autocast, half precision). Heads
+  that share their per-axis matrices (a converted convolution) take `ProductMerge`, which applies each
+  distinct matrix once. Dense probabilities shared by the batch, and every head under attention dropout
+  (`dropout=p`: an independent mask per image), take `dense_merge.DenseMerge`: all heads' projections
+  first, then one product per image whose depth is every head's keys (it keeps the projected values,
+  (B, tokens, heads * out), for its backward).
 - `content_attention` / `flex_content`: content scores plus a positional bias: `scaled_dot_product_attention`
   with the bias as a float mask (CPU, and CUDA with dropout), or FlexAttention on CUDA with the relative
   score as a `score_mod` built by `relative_score_mod`, whose score logic (`relative_score`) the CPU
@@ -43,7 +45,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..dropout import dropout as apply_dropout, keep_mask, keep_probability
+from ..dropout import keep_probability
+from .dense_merge import DenseMerge, attention_keep_mask
+from .gemm import onednn_gemm, project, weight_grad
 
 # Per-head tensors of a chunk of images are kept near this size per thread, so they stay in cache and are
 # re-used from the allocator's free lists instead of being faulted in afresh at every call. No cap on the
@@ -108,54 +112,6 @@ def merge_heads(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if bias is not None:
         out = out + bias.to(out.dtype).reshape(-1, *[1] * (y.dim() - 2))
     return out
-
-
-# -- GEMM helpers on channels-last tokens --------------------------------------------------------------
-def onednn_gemm(t: torch.Tensor) -> bool:
-    """oneDNN's convolution is the fastest float32 GEMM torch has on CPU (MKL's sgemm runs at half its
-    speed on some x86 CPUs); use it through a 1x1 convolution on channels-last tokens."""
-    return t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
-        and torch.backends.mkldnn.enabled
-
-
-def _as_nhwc(t: torch.Tensor) -> torch.Tensor:
-    """(b, D0, ..., C) contiguous -> the same memory as a channels-last (b, C, D0, prod(D1..)) view."""
-    lead = t.shape[:-1]
-    rest = math.prod(lead[2:]) if len(lead) > 2 else 1
-    d0 = lead[1] if len(lead) > 1 else 1
-    return t.view(lead[0], d0, rest, t.shape[-1]).permute(0, 3, 1, 2)
-
-
-def _from_nhwc(out4: torch.Tensor, lead: Sequence[int]) -> torch.Tensor:
-    """A (b, O, h, w) result back to (*lead, O) contiguous (a view when oneDNN kept channels-last)."""
-    return out4.permute(0, 2, 3, 1).reshape(*lead, out4.shape[1])
-
-
-def project(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """u (..., Cin) contiguous, w (Cout, Cin), bias (Cout,) or None -> u @ w.T + bias (..., Cout) contiguous;
-    differentiable. Through oneDNN on CPU float32, `F.linear` elsewhere."""
-    if onednn_gemm(u) and u.dim() >= 2:
-        out4 = torch.mkldnn_convolution(_as_nhwc(u), w.contiguous()[:, :, None, None], bias,
-                                        [0, 0], [1, 1], [1, 1], 1)
-        return _from_nhwc(out4, u.shape[:-1])
-    return F.linear(u, w, bias)
-
-
-def weight_grad(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """g (..., O), y (..., C) with the same leading shape -> sum over rows of g^T y: (O, C), the gradient of
-    w (O, C) in `project(y, w)`."""
-    if onednn_gemm(g) and g.dim() >= 3:
-        # rows as an (n, w, 1) channels-last image batch with n >= 16 and w > 1: torch then takes oneDNN's
-        # weight gradient even on one thread, and the layout is unambiguous.
-        count = math.prod(g.shape[:-1])
-        width = next((w for w in (64, 32, 16, 8, 4, 2) if count % w == 0 and count // w >= 16), 1)
-        rows = (count // width, width, 1)
-        g4 = g.reshape(*rows, g.shape[-1]).permute(0, 3, 1, 2)
-        y4 = y.reshape(*rows, y.shape[-1]).permute(0, 3, 1, 2)
-        w4 = w.contiguous()[:, :, None, None]
-        return torch.ops.aten.convolution_backward(g4, y4, w4, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-                                                   [False, True, False])[1].view(g.shape[-1], y.shape[-1])
-    return g.reshape(-1, g.shape[-1]).t() @ y.reshape(-1, y.shape[-1])
 
 
 def axis_apply(p: torch.Tensor, t: torch.Tensor, axis: int, *, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -252,46 +208,37 @@ def _key_side(x_cl: torch.Tensor, key_probs: Sequence[torch.Tensor], h: int, sta
 
 
 class _QuerySide:
-    """The query-axis (axis 0) matrices of `PositionalMerge`: shared (H, Q0, K0); one per image
-    (B, H, Q0, K0); or shared ones under attention dropout, keep (B, H, Q0, K0) bool and scale: image i's
-    matrix for head h is where(keep[i, h], scale * P_h, 0), built for one chunk and head at a time, so the
-    (B, H, Q0, K0) dropped-out probabilities are never held, and the gradient goes straight to P."""
+    """The query-axis (axis 0) matrices of `PositionalMerge`: shared (H, Q0, K0), or one per image
+    (B, H, Q0, K0)."""
 
-    def __init__(self, probs: torch.Tensor, keep: torch.Tensor | None, scale: float):
-        self.probs, self.keep, self.scale = probs, keep, scale
-        self.per_image = probs.dim() == 4 or keep is not None
-        self.scaled = None if keep is None else probs * scale
+    def __init__(self, probs: torch.Tensor):
+        self.probs = probs
+        self.per_image = probs.dim() == 4
 
     def matrix(self, start: int, stop: int, h: int) -> torch.Tensor:
         """(b, Q0, K0) for images start:stop, or (Q0, K0) when shared."""
-        if self.keep is not None:
-            return torch.where(self.keep[start:stop, h], self.scaled[h], 0)
-        return self.probs[start:stop, h] if self.probs.dim() == 4 else self.probs[h]
+        return self.probs[start:stop, h] if self.per_image else self.probs[h]
 
     def add_image_grads(self, grad_q: torch.Tensor, start: int, stop: int, h: int, grads: torch.Tensor) -> None:
         """Record the gradients (b, Q0, K0) of images start:stop's matrices for head h."""
-        if self.keep is None:
-            grad_q[start:stop, h] = grads
-        else:
-            grad_q[h] += torch.where(self.keep[start:stop, h], grads, 0).sum(0) * self.scale
+        grad_q[start:stop, h] = grads
 
 
 class PositionalMerge(torch.autograd.Function):
     """out = sum_h P0_h x_0 (W_h (P_{n-1,h} x_{n-1} ... P_{1,h} x_1 x)) + b, chunked, recomputing in backward.
 
     x (B, C, K0, .., K_{n-1}); query_probs (H, Q0, K0), or (B, H, Q0, K0) with one matrix per image;
-    keep None, or (B, H, Q0, K0) bool with `scale`: attention dropout of shared query_probs (`_QuerySide`);
     key_probs[a - 1] (H, Q_a, K_a) for a = 1..n-1; weight (O, H * C); bias (O,) or None. Returns
     (B, O, Q0, .., Q_{n-1}) contiguous. Saves only its inputs.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, keep, scale, query_probs, *key_probs):
+    def forward(ctx, x, weight, bias, query_probs, *key_probs):
         batch, channels = x.shape[:2]
         heads, q0, k0 = query_probs.shape[-3:]
         out_dim = weight.shape[0]
         q_rest = [p.shape[1] for p in key_probs]
-        query_side = _QuerySide(query_probs, keep, scale)
+        query_side = _QuerySide(query_probs)
         w_heads = weight.view(out_dim, heads, channels).transpose(0, 1).contiguous()  # (H, O, C)
         out = x.new_empty(batch, out_dim, q0, *q_rest)
         image_elements = max(k0, q0) * max(math.prod(q_rest), math.prod(x.shape[3:])) * max(channels, out_dim)
@@ -305,8 +252,7 @@ class PositionalMerge(torch.autograd.Function):
                 v = project(u, w_heads[h])                                       # (b, K0, Q1.., O)
                 axis_apply(query_side.matrix(start, stop, h), v, 0, out=out_cl)
             out[start:stop] = out_cl.movedim(-1, 1)
-        ctx.save_for_backward(x, weight, keep, query_probs, *key_probs)
-        ctx.scale = scale
+        ctx.save_for_backward(x, weight, query_probs, *key_probs)
         ctx.has_bias = bias is not None
         ctx.chunk = chunk
         return out
@@ -314,10 +260,10 @@ class PositionalMerge(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, weight, keep, query_probs, *key_probs = ctx.saved_tensors
-        need_x, need_w, need_b, _, _, need_q, *need_k = ctx.needs_input_grad
+        x, weight, query_probs, *key_probs = ctx.saved_tensors
+        need_x, need_w, need_b, need_q, *need_k = ctx.needs_input_grad
         batch, channels = x.shape[:2]
-        query_side = _QuerySide(query_probs, keep, ctx.scale)
+        query_side = _QuerySide(query_probs)
         per_image = query_side.per_image
         heads = query_probs.shape[-3]
         out_dim = weight.shape[0]
@@ -372,7 +318,7 @@ class PositionalMerge(torch.autograd.Function):
                 grad_x[start:stop] = gx_cl.movedim(-1, 1)
         grad_weight = grad_w.transpose(0, 1).reshape(out_dim, heads * channels) if need_w else None
         grad_bias = grad.sum([d for d in range(grad.dim()) if d != 1]) if need_b and ctx.has_bias else None
-        return (grad_x, grad_weight, grad_bias, None, None, grad_q, *grad_k)
+        return (grad_x, grad_weight, grad_bias, grad_q, *grad_k)
 
 
 def product_groups(query_probs: torch.Tensor, key_probs: Sequence[torch.Tensor]) -> torch.Tensor | None:
@@ -536,35 +482,41 @@ def positional_merge(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     (or (B, H, Q0, K0), one matrix per image); key_probs[a - 1] (H, Q_a, K_a) mixes axis a (separable
     heads; empty for a dense (H, Nq, Nk) matrix on a flattened grid). Returns (B, O, Q0, .., Q_{n-1}).
 
-    fused: True for `PositionalMerge` (chunked, hand-written backward), False for autograd; None picks
-    the fused one for float32/float64 outside autocast. sharing: with `fused`, heads whose per-axis
-    matrices repeat (`product_groups`) take `ProductMerge`, which applies each distinct matrix once.
+    fused: True for the hand-written CPU paths, False for autograd; None picks the fused ones for
+    float32/float64 outside autocast. Fused, dense probabilities shared by the batch take `DenseMerge` (all
+    heads' projections first, then one product per image over every head's keys); others `PositionalMerge`
+    (chunked, head by head), or, with `sharing`, `ProductMerge` when heads' per-axis matrices repeat
+    (`product_groups`: it applies each distinct matrix once).
     dropout: attention dropout of dense shared probabilities, an independent mask per image
-    (`impl.dropout`); fused, the dropped-out matrices are built chunk by chunk and never held whole.
+    (`dense_merge.attention_keep_mask`, kept elements scaled by 1 / `impl.dropout.keep_probability`);
+    fused, the dropped-out matrices are built image by image and never held whole.
     """
     if fused is None:
         fused = x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
-    keep = None
+    dense_shared = not key_probs and query_probs.dim() == 3
+    keep, scale = None, 1.0
     if dropout:
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
-        if key_probs or query_probs.dim() != 3:
+        if not dense_shared:
             raise ValueError("dropout needs shared dense probabilities: query_probs (H, Nq, Nk) and no key_probs")
-        shape = (x.shape[0], *query_probs.shape)
-        if fused:
-            keep = keep_mask(shape, dropout, x.device)
-        else:
-            query_probs = apply_dropout(query_probs, dropout, shape=shape)
+        keep = attention_keep_mask(x.shape[0], query_probs.shape, dropout, x.device)
+        kept = keep_probability(dropout)
+        scale = 1.0 / kept if kept else 0.0  # every element dropped when 0: the scale multiplies only zeros
+        if not fused:
+            query_probs = torch.where(keep, query_probs * scale, 0)
     if not fused:
         return positional_merge_autograd(x, weight, bias, query_probs, key_probs)
     dtype = x.dtype
     probs = [query_probs.to(dtype), *(p.to(dtype) for p in key_probs)]
     bias = None if bias is None else bias.to(dtype)
-    table = product_groups(probs[0], probs[1:]) if sharing else None  # None with dropout: no key_probs
+    if dense_shared:
+        mask = None if keep is None else keep.permute(0, 2, 3, 1)  # its memory: (B, Q, K, H)
+        return DenseMerge.apply(x, weight.to(dtype), bias, mask, scale, probs[0])
+    table = product_groups(probs[0], probs[1:]) if sharing else None
     if table is not None:
         return ProductMerge.apply(x, weight.to(dtype), bias, *probs, table.to(x.device))
-    kept = keep_probability(dropout)  # every element dropped when 0: the scale is then never applied
-    return PositionalMerge.apply(x, weight.to(dtype), bias, keep, 1.0 / kept if kept else 0.0, *probs)
+    return PositionalMerge.apply(x, weight.to(dtype), bias, *probs)
 
 
 # -- hard-limit heads -----------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 On this project's CPUs (AMD, AVX-512) MKL's float32 GEMM behind `nn.Linear` runs at about 110 GFLOP/s
 and oneDNN's at about 265 (a 4,096 x 400 by 400 x 512 product, one thread; docs/RESULTS.md), so token
-tensors (B, ..., C) of float32 on CPU go through `mixing.project` (a 1x1 convolution, differentiable).
+tensors (B, ..., C) of float32 on CPU go through `gemm.project` (a 1x1 convolution, differentiable).
 Everywhere else (CUDA, autocast, other dtypes, 2-D inputs, oneDNN off) it is `nn.Linear` itself; the
-decision is `mixing.onednn_gemm`'s, the one the attention layers' GEMMs take.
+decision is `gemm.onednn_gemm`'s, the one the attention layers' GEMMs take.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..attention.mixing import onednn_gemm, project
+from ..attention.gemm import onednn_gemm, project
 
 
 class TokenLinear(nn.Linear):

@@ -1,0 +1,132 @@
+"""Dense positional attention shared by the batch, with or without attention dropout, and the merge, fused.
+
+For heads with shared probabilities P (H, Q, K) over a flattened grid (the generalized encoding, and every
+positional head under attention dropout, whose independent mask per image breaks the separable
+structure):
+
+    out_i = sum_h D_ih x_i W_h^T + b,    D_ih = P_h, or where(keep[i, h], P_h / q, 0) under dropout
+
+with x_i (K, C) image i's tokens, W_h (O, C) head h's block of the merge and q the mask's exact keep
+probability (`impl.dropout.keep_probability`). `DenseMerge` computes it as
+
+    V = x W_all^T                     one GEMM over the whole batch, (B, K, H * O)
+    out_i = D_i V_i                   one product per image, (Q, K * H) by (K * H, O)
+
+V_i, image i's projected values read as (K * H, O), has row (k, h) = x_ik W_h^T; D_i holds all heads'
+matrices side by side in the same (k, h) order, so the sum over heads is the product's depth (2,304 for
+9 heads over 256 keys) and every product is large enough to run at the GEMM rate. The backward is three
+per-image products (gradients of V and of D, D rebuilt from P and the mask) and two GEMMs per chunk of
+images (the merge's weight gradient and x's gradient); V is saved instead of recomputed.
+
+Measured against the per-head path this replaces (`mixing.PositionalMerge`: a projection and a
+256 x 256 by 256 x 400 product per head and image, recomputed for the weight gradient), docs/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..dropout import keep_mask
+from .gemm import matmul, project, weight_grad
+
+# Images per chunk of the backward: the weight-gradient GEMM over a chunk's tokens runs at 360 GFLOP/s
+# with 4 images of 256 tokens (9 heads x 400 outputs) and 176 with all 16 (docs/RESULTS.md): the chunk's
+# value gradient (tokens x heads x outputs) is kept near this size.
+CHUNK_BYTES = 16 << 20
+
+
+def attention_keep_mask(batch: int, probs_shape, p: float, device: torch.device | str = "cpu",
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """The attention-dropout mask of `mixing.positional_merge`: keep[b, h, q, k] (B, H, Q, K) bool, each element
+    kept with probability `keep_probability(p)`, independently; stored (B, Q, K, H), the layout `DenseMerge`
+    reads (a permuted view)."""
+    heads, queries, keys = probs_shape
+    return keep_mask((batch, queries, keys, heads), p, device, generator).permute(0, 3, 1, 2)
+
+
+def heads_major(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """The merge weight (O, H * C) as (H * O, C): row (h, o) is head h's block's row o."""
+    out_dim = weight.shape[0]
+    return weight.view(out_dim, heads, -1).transpose(0, 1).reshape(heads * out_dim, -1)
+
+
+def _chunk(batch: int, per_image: int, element_size: int, device: torch.device) -> int:
+    if device.type != "cpu":
+        return max(batch, 1)
+    return max(1, min(batch, CHUNK_BYTES // max(1, per_image * element_size)))
+
+
+class DenseMerge(torch.autograd.Function):
+    """out (B, O, Q) = merge of the dense shared attention (module docstring).
+
+    x (B, C, K), any strides; weight (O, H * C); bias (O,) or None; keep None, or (B, Q, K, H) bool
+    (`attention_keep_mask(..).permute(0, 2, 3, 1)`: contiguous) with `scale` = 1 / q; probs (H, Q, K).
+    Returns a (B, O, Q) view of a (B, Q, O) tensor (channels-last, as the transformer's tokens).
+    The masked products multiply by the boolean mask (as `where` would, for finite probabilities and
+    gradients; twice as fast here).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, keep, scale, probs):
+        batch, channels, keys = x.shape
+        heads, queries, _ = probs.shape
+        out_dim = weight.shape[0]
+        x_cl = x.transpose(1, 2).contiguous()                                   # (B, K, C)
+        values = project(x_cl, heads_major(weight, heads))                       # (B, K, H * O)
+        shared = (probs * scale).permute(1, 2, 0).contiguous()                   # (Q, K, H)
+        out = x.new_empty(batch, queries, out_dim)
+        dropped = None if keep is None else torch.empty_like(shared)
+        for i in range(batch):
+            matrix = shared if keep is None else torch.mul(shared, keep[i], out=dropped)
+            out[i] = matmul(matrix.view(queries, keys * heads), values[i].reshape(keys * heads, out_dim))
+        if bias is not None:
+            out += bias
+        ctx.save_for_backward(x_cl, weight, keep, probs, values)
+        ctx.scale = scale
+        ctx.has_bias = bias is not None
+        return out.transpose(1, 2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x_cl, weight, keep, probs, values = ctx.saved_tensors
+        need_x, need_w, need_b, _, _, need_p = ctx.needs_input_grad
+        batch, keys, channels = x_cl.shape
+        heads, queries, _ = probs.shape
+        out_dim = weight.shape[0]
+        w_all = heads_major(weight, heads)
+        need_values = need_x or need_w
+        grad_cl = grad.transpose(1, 2).contiguous()                              # (B, Q, O)
+        grad_cf = grad.contiguous() if need_p else None                          # (B, O, Q)
+        shared_t = (probs * ctx.scale).permute(2, 0, 1).contiguous()             # (K, H, Q)
+        keep_t = None if keep is None else keep.permute(0, 2, 3, 1).contiguous()  # (B, K, H, Q)
+        grad_shared_t = torch.zeros_like(shared_t) if need_p else None
+        grad_x = x_cl.new_empty(batch, keys, channels) if need_x else None
+        grad_w = x_cl.new_zeros(heads * out_dim, channels) if need_w else None
+        w_all_t = w_all.t().contiguous() if need_x else None
+        dropped_t = None if keep is None else torch.empty_like(shared_t)
+        chunk = _chunk(batch, keys * heads * out_dim, x_cl.element_size(), x_cl.device)
+        for start in range(0, batch, chunk):
+            stop = min(batch, start + chunk)
+            grad_values = x_cl.new_empty(stop - start, keys, heads * out_dim) if need_values else None
+            for i in range(start, stop):
+                if need_values:
+                    matrix_t = shared_t if keep is None else torch.mul(shared_t, keep_t[i], out=dropped_t)
+                    grad_values[i - start] = matmul(matrix_t.view(keys * heads, queries), grad_cl[i]).reshape(
+                        keys, heads * out_dim)
+                if need_p:
+                    grad_matrix_t = matmul(values[i].reshape(keys * heads, out_dim), grad_cf[i])
+                    grad_matrix_t = grad_matrix_t.reshape(shared_t.shape)
+                    if keep is None:
+                        grad_shared_t += grad_matrix_t
+                    else:
+                        grad_shared_t.addcmul_(grad_matrix_t, keep_t[i])
+            if need_w:
+                grad_w += weight_grad(grad_values, x_cl[start:stop], w_all)
+            if need_x:
+                grad_x[start:stop] = project(grad_values, w_all_t)
+        grad_weight = grad_w.view(heads, out_dim, channels).transpose(0, 1).reshape(out_dim, heads * channels) \
+            if need_w else None
+        grad_probs = (grad_shared_t * ctx.scale).permute(1, 2, 0).contiguous() if need_p else None
+        grad_bias = grad.sum((0, 2)) if need_b and ctx.has_bias else None
+        return (None if grad_x is None else grad_x.transpose(1, 2), grad_weight, grad_bias, None, None, grad_probs)

@@ -1,0 +1,77 @@
+"""The float32 GEMMs of the attention layers' fast paths, through oneDNN on CPU.
+
+On this project's CPUs (AMD, AVX-512) MKL's float32 GEMM, behind `torch.mm`, `bmm` and `nn.Linear`, runs at
+about half the rate of oneDNN's convolution kernels (100-110 against 200-470 GFLOP/s, docs/RESULTS.md), so
+products of float32 CPU tensors are written as 1x1 convolutions; anything else (CUDA, float64, half
+precision) takes the plain torch op.
+
+- `project`: tokens (.., C) by a weight (O, C): u @ w.T, channels-last (an NHWC 1x1 convolution).
+- `weight_grad`: the gradient of that weight, sum over rows of g^T y (oneDNN's weight gradient).
+- `matmul`: a (M, D) by b (D, S), both row-major, e.g. an image's attention matrix by its values (an NCHW
+  1x1 convolution whose weight is a).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def onednn_gemm(t: torch.Tensor) -> bool:
+    """oneDNN's convolution is the fastest float32 GEMM torch has on CPU (MKL's sgemm runs at half its
+    speed on some x86 CPUs); use it through a 1x1 convolution on channels-last tokens."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
+        and torch.backends.mkldnn.enabled
+
+
+def _as_nhwc(t: torch.Tensor) -> torch.Tensor:
+    """(b, D0, ..., C) contiguous -> the same memory as a channels-last (b, C, D0, prod(D1..)) view."""
+    lead = t.shape[:-1]
+    rest = math.prod(lead[2:]) if len(lead) > 2 else 1
+    d0 = lead[1] if len(lead) > 1 else 1
+    return t.view(lead[0], d0, rest, t.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _from_nhwc(out4: torch.Tensor, lead: Sequence[int]) -> torch.Tensor:
+    """A (b, O, h, w) result back to (*lead, O) contiguous (a view when oneDNN kept channels-last)."""
+    return out4.permute(0, 2, 3, 1).reshape(*lead, out4.shape[1])
+
+
+def project(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """u (..., Cin) contiguous, w (Cout, Cin), bias (Cout,) or None -> u @ w.T + bias (..., Cout) contiguous;
+    differentiable. Through oneDNN on CPU float32, `F.linear` elsewhere."""
+    if onednn_gemm(u) and u.dim() >= 2:
+        out4 = torch.mkldnn_convolution(_as_nhwc(u), w.contiguous()[:, :, None, None], bias,
+                                        [0, 0], [1, 1], [1, 1], 1)
+        return _from_nhwc(out4, u.shape[:-1])
+    return F.linear(u, w, bias)
+
+
+def weight_grad(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """g (..., O), y (..., C) with the same leading shape -> sum over rows of g^T y: (O, C), the gradient of
+    w (O, C) in `project(y, w)`."""
+    if onednn_gemm(g) and g.dim() >= 3:
+        # rows as an (n, w, 1) channels-last image batch with n >= 16 and w > 1: torch then takes oneDNN's
+        # weight gradient even on one thread, and the layout is unambiguous.
+        count = math.prod(g.shape[:-1])
+        width = next((w for w in (64, 32, 16, 8, 4, 2) if count % w == 0 and count // w >= 16), 1)
+        rows = (count // width, width, 1)
+        g4 = g.reshape(*rows, g.shape[-1]).permute(0, 3, 1, 2)
+        y4 = y.reshape(*rows, y.shape[-1]).permute(0, 3, 1, 2)
+        w4 = w.contiguous()[:, :, None, None]
+        return torch.ops.aten.convolution_backward(g4, y4, w4, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                                                   [False, True, False])[1].view(g.shape[-1], y.shape[-1])
+    return g.reshape(-1, g.shape[-1]).t() @ y.reshape(-1, y.shape[-1])
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (M, D) @ b (D, S) -> (M, S) contiguous; not differentiable (the fused merges' own backward uses it).
+    Through oneDNN on CPU float32: b read as a channels-first (D, S) image, a as the weight."""
+    if onednn_gemm(b):
+        out = torch.mkldnn_convolution(b.contiguous().view(1, b.shape[0], b.shape[1], 1),
+                                       a.contiguous()[:, :, None, None], None, [0, 0], [1, 1], [1, 1], 1)
+        return out.reshape(a.shape[0], b.shape[1])
+    return a @ b
