@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import torch
 
-from ..dropout import keep_mask
+from ..dropout import as_factor, keep_mask
 from .gemm import matmul, project, weight_grad
 
-# Images per chunk of the backward: the weight-gradient GEMM over a chunk's tokens runs at 360 GFLOP/s
-# with 4 images of 256 tokens (9 heads x 400 outputs) and 176 with all 16 (docs/RESULTS.md): the chunk's
-# value gradient (tokens x heads x outputs) is kept near this size.
-CHUNK_BYTES = 16 << 20
+# Images per chunk of the backward: its GEMMs over a chunk's tokens (the merge's weight gradient and x's
+# gradient) run at 300-350 GFLOP/s over one image of 256 tokens (9 heads x 400 outputs) and 350-450 over
+# eight; the chunk's value gradient (tokens x heads x outputs) is kept within this size (8 such images;
+# sa_quadratic's step 1.29 s against 1.32 with 16 MB and 1.43 with 4 MB, docs/RESULTS.md).
+CHUNK_BYTES = 32 << 20
 
 
 def attention_keep_mask(batch: int, probs_shape, p: float, device: torch.device | str = "cpu",
@@ -62,8 +63,8 @@ class DenseMerge(torch.autograd.Function):
     x (B, C, K), any strides; weight (O, H * C); bias (O,) or None; keep None, or (B, Q, K, H) bool
     (`attention_keep_mask(..).permute(0, 2, 3, 1)`: contiguous) with `scale` = 1 / q; probs (H, Q, K).
     Returns a (B, O, Q) view of a (B, Q, O) tensor (channels-last, as the transformer's tokens).
-    The masked products multiply by the boolean mask (as `where` would, for finite probabilities and
-    gradients; twice as fast here).
+    The mask is applied as a product (`impl.dropout.as_factor`): `where` would give the same for finite
+    probabilities and gradients, at 5x the time here.
     """
 
     @staticmethod
@@ -77,7 +78,7 @@ class DenseMerge(torch.autograd.Function):
         out = x.new_empty(batch, queries, out_dim)
         dropped = None if keep is None else torch.empty_like(shared)
         for i in range(batch):
-            matrix = shared if keep is None else torch.mul(shared, keep[i], out=dropped)
+            matrix = shared if keep is None else torch.mul(shared, as_factor(keep[i]), out=dropped)
             out[i] = matmul(matrix.view(queries, keys * heads), values[i].reshape(keys * heads, out_dim))
         if bias is not None:
             out += bias
@@ -111,7 +112,8 @@ class DenseMerge(torch.autograd.Function):
             grad_values = x_cl.new_empty(stop - start, keys, heads * out_dim) if need_values else None
             for i in range(start, stop):
                 if need_values:
-                    matrix_t = shared_t if keep is None else torch.mul(shared_t, keep_t[i], out=dropped_t)
+                    matrix_t = shared_t if keep is None else \
+                        torch.mul(shared_t, as_factor(keep_t[i]), out=dropped_t)
                     grad_values[i - start] = matmul(matrix_t.view(keys * heads, queries), grad_cl[i]).reshape(
                         keys, heads * out_dim)
                 if need_p:
@@ -120,7 +122,7 @@ class DenseMerge(torch.autograd.Function):
                     if keep is None:
                         grad_shared_t += grad_matrix_t
                     else:
-                        grad_shared_t.addcmul_(grad_matrix_t, keep_t[i])
+                        grad_shared_t.addcmul_(grad_matrix_t, as_factor(keep_t[i]))
             if need_w:
                 grad_w += weight_grad(grad_values, x_cl[start:stop], w_all)
             if need_x:
