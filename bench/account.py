@@ -34,7 +34,7 @@ WRAPPED = (
     (mixing, "project"), (mixing, "weight_grad"), (mixing, "axis_apply"), (mixing, "axis_contract"),
     (mixing, "_per_image_apply"), (mixing, "_channels_last"), (mixing, "_bias_filled"),
     (mixing._QuerySide, "matrix"), (mixing._QuerySide, "add_image_grads"),
-    (dense_merge, "project"), (dense_merge, "weight_grad"), (dense_merge, "matmul"),
+    (dense_merge, "project"), (dense_merge, "project_backward"), (dense_merge, "matmul"),
     (dense_merge, "keep_mask"), (dropout, "keep_mask"),
 )
 

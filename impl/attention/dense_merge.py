@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..dropout import as_factor, keep_mask
-from .gemm import matmul, project, weight_grad
+from .gemm import matmul, project, project_backward
 
 # Images per chunk of the backward: its GEMMs over a chunk's tokens (the merge's weight gradient and x's
 # gradient) run at 300-350 GFLOP/s over one image of 256 tokens (9 heads x 400 outputs) and 350-450 over
@@ -104,7 +104,6 @@ class DenseMerge(torch.autograd.Function):
         grad_shared_t = torch.zeros_like(shared_t) if need_p else None
         grad_x = x_cl.new_empty(batch, keys, channels) if need_x else None
         grad_w = x_cl.new_zeros(heads * out_dim, channels) if need_w else None
-        w_all_t = w_all.t().contiguous() if need_x else None
         dropped_t = None if keep is None else torch.empty_like(shared_t)
         chunk = _chunk(batch, keys * heads * out_dim, x_cl.element_size(), x_cl.device)
         for start in range(0, batch, chunk):
@@ -123,10 +122,13 @@ class DenseMerge(torch.autograd.Function):
                         grad_shared_t += grad_matrix_t
                     else:
                         grad_shared_t.addcmul_(grad_matrix_t, as_factor(keep_t[i]))
-            if need_w:
-                grad_w += weight_grad(grad_values, x_cl[start:stop], w_all)
-            if need_x:
-                grad_x[start:stop] = project(grad_values, w_all_t)
+            if need_values:
+                grad_x_chunk, grad_w_chunk = project_backward(grad_values, x_cl[start:stop], w_all,
+                                                              need_input=need_x, need_weight=need_w)
+                if need_x:
+                    grad_x[start:stop] = grad_x_chunk
+                if need_w:
+                    grad_w += grad_w_chunk
         grad_weight = grad_w.view(heads, out_dim, channels).transpose(0, 1).reshape(out_dim, heads * channels) \
             if need_w else None
         grad_probs = (grad_shared_t * ctx.scale).permute(1, 2, 0).contiguous() if need_p else None

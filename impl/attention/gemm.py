@@ -6,7 +6,8 @@ products of float32 CPU tensors are written as 1x1 convolutions; anything else (
 precision) takes the plain torch op.
 
 - `project`: tokens (.., C) by a weight (O, C): u @ w.T, channels-last (an NHWC 1x1 convolution).
-- `weight_grad`: the gradient of that weight, sum over rows of g^T y (oneDNN's weight gradient).
+- `weight_grad`, `project_backward`: the gradient of that weight, sum over rows of g^T y, and of the
+  tokens, g @ w (oneDNN's weight and data gradients).
 - `matmul`: a (M, D) by b (D, S), both row-major, e.g. an image's attention matrix by its values (an NCHW
   1x1 convolution whose weight is a).
 """
@@ -53,6 +54,16 @@ def project(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) 
 def weight_grad(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """g (..., O), y (..., C) with the same leading shape -> sum over rows of g^T y: (O, C), the gradient of
     w (O, C) in `project(y, w)`."""
+    return project_backward(g, y, w, need_input=False)[1]
+
+
+def project_backward(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor, *, need_input: bool = True,
+                     need_weight: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of `project(y, w)` for upstream g (..., O): wrt y, g @ w (..., C) contiguous, and wrt
+    w, sum over rows of g^T y (O, C); None for those not needed. On oneDNN both come from one weight- and
+    data-gradient call, w read as it is (no transposed copy)."""
+    if not (need_input or need_weight):
+        return None, None
     if onednn_gemm(g) and g.dim() >= 3:
         # rows as an (n, w, 1) channels-last image batch with n >= 16 and w > 1: torch then takes oneDNN's
         # weight gradient even on one thread, and the layout is unambiguous.
@@ -62,9 +73,13 @@ def weight_grad(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tens
         g4 = g.reshape(*rows, g.shape[-1]).permute(0, 3, 1, 2)
         y4 = y.reshape(*rows, y.shape[-1]).permute(0, 3, 1, 2)
         w4 = w.contiguous()[:, :, None, None]
-        return torch.ops.aten.convolution_backward(g4, y4, w4, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-                                                   [False, True, False])[1].view(g.shape[-1], y.shape[-1])
-    return g.reshape(-1, g.shape[-1]).t() @ y.reshape(-1, y.shape[-1])
+        grad_y4, grad_w4, _ = torch.ops.aten.convolution_backward(
+            g4, y4, w4, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_input, need_weight, False])
+        grad_y = _from_nhwc(grad_y4, y.shape[:-1]) if need_input else None
+        return grad_y, grad_w4.view(g.shape[-1], y.shape[-1]) if need_weight else None
+    g2 = g.reshape(-1, g.shape[-1])
+    grad_y = (g2 @ w).view(*y.shape[:-1], w.shape[1]) if need_input else None
+    return grad_y, g2.t() @ y.reshape(-1, y.shape[-1]) if need_weight else None
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
