@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..dropout import as_factor, keep_mask
-from .gemm import matmul, project, project_backward
+from .gemm import matmul, matmul_backward, project, project_backward
 
 # Images per chunk of the backward: its GEMMs over a chunk's tokens (the merge's weight gradient and x's
 # gradient) run at 300-350 GFLOP/s over one image of 256 tokens (9 heads x 400 outputs) and 350-450 over
@@ -98,30 +98,27 @@ class DenseMerge(torch.autograd.Function):
         w_all = heads_major(weight, heads)
         need_values = need_x or need_w
         grad_cl = grad.transpose(1, 2).contiguous()                              # (B, Q, O)
-        grad_cf = grad.contiguous() if need_p else None                          # (B, O, Q)
-        shared_t = (probs * ctx.scale).permute(2, 0, 1).contiguous()             # (K, H, Q)
-        keep_t = None if keep is None else keep.permute(0, 2, 3, 1).contiguous()  # (B, K, H, Q)
-        grad_shared_t = torch.zeros_like(shared_t) if need_p else None
+        shared = (probs * ctx.scale).permute(1, 2, 0).contiguous()               # (Q, K, H)
+        grad_shared = torch.zeros_like(shared) if need_p else None
         grad_x = x_cl.new_empty(batch, keys, channels) if need_x else None
         grad_w = x_cl.new_zeros(heads * out_dim, channels) if need_w else None
-        dropped_t = None if keep is None else torch.empty_like(shared_t)
+        dropped = None if keep is None else torch.empty_like(shared)
         chunk = _chunk(batch, keys * heads * out_dim, x_cl.element_size(), x_cl.device)
         for start in range(0, batch, chunk):
             stop = min(batch, start + chunk)
             grad_values = x_cl.new_empty(stop - start, keys, heads * out_dim) if need_values else None
             for i in range(start, stop):
+                matrix = shared if keep is None else torch.mul(shared, as_factor(keep[i]), out=dropped)
+                grad_matrix, grad_image_values = matmul_backward(
+                    grad_cl[i], matrix.view(queries, keys * heads), values[i].reshape(keys * heads, out_dim),
+                    need_a=need_p, need_b=need_values)
                 if need_values:
-                    matrix_t = shared_t if keep is None else \
-                        torch.mul(shared_t, as_factor(keep_t[i]), out=dropped_t)
-                    grad_values[i - start] = matmul(matrix_t.view(keys * heads, queries), grad_cl[i]).reshape(
-                        keys, heads * out_dim)
+                    grad_values[i - start] = grad_image_values.view(keys, heads * out_dim)
                 if need_p:
-                    grad_matrix_t = matmul(values[i].reshape(keys * heads, out_dim), grad_cf[i])
-                    grad_matrix_t = grad_matrix_t.reshape(shared_t.shape)
                     if keep is None:
-                        grad_shared_t += grad_matrix_t
+                        grad_shared += grad_matrix.view(shared.shape)
                     else:
-                        grad_shared_t.addcmul_(grad_matrix_t, as_factor(keep_t[i]))
+                        grad_shared.addcmul_(grad_matrix.view(shared.shape), as_factor(keep[i]))
             if need_values:
                 grad_x_chunk, grad_w_chunk = project_backward(grad_values, x_cl[start:stop], w_all,
                                                               need_input=need_x, need_weight=need_w)
@@ -131,6 +128,6 @@ class DenseMerge(torch.autograd.Function):
                     grad_w += grad_w_chunk
         grad_weight = grad_w.view(heads, out_dim, channels).transpose(0, 1).reshape(out_dim, heads * channels) \
             if need_w else None
-        grad_probs = (grad_shared_t * ctx.scale).permute(1, 2, 0).contiguous() if need_p else None
+        grad_probs = (grad_shared * ctx.scale).permute(2, 0, 1).contiguous() if need_p else None
         grad_bias = grad.sum((0, 2)) if need_b and ctx.has_bias else None
         return (None if grad_x is None else grad_x.transpose(1, 2), grad_weight, grad_bias, None, None, grad_probs)

@@ -90,3 +90,18 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                                        a.contiguous()[:, :, None, None], None, [0, 0], [1, 1], [1, 1], 1)
         return out.reshape(a.shape[0], b.shape[1])
     return a @ b
+
+
+def matmul_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, need_a: bool = True,
+                    need_b: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of `matmul(a, b)` for upstream grad (M, S): wrt a, grad @ b^T (M, D), and wrt b,
+    a^T @ grad (D, S); None for those not needed. On oneDNN both from one call of the convolution's
+    backward, with a and b read as they are (no transposed copies)."""
+    if not (need_a or need_b):
+        return None, None
+    if onednn_gemm(grad):
+        grad_b4, grad_a4, _ = torch.ops.aten.convolution_backward(
+            grad.contiguous().view(1, *grad.shape, 1), b.contiguous().view(1, *b.shape, 1),
+            a.contiguous()[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_b, need_a, False])
+        return (grad_a4.view(a.shape) if need_a else None), (grad_b4.reshape(b.shape) if need_b else None)
+    return (grad @ b.t() if need_a else None), (a.t() @ grad if need_b else None)
