@@ -62,7 +62,7 @@ def _broadcasts(shape: tuple, target: tuple) -> bool:
 def as_factor(keep: torch.Tensor) -> torch.Tensor:
     """A bool mask as 0/1 factors to multiply by: its uint8 view (no copy). A float tensor times a uint8
     one is a single pass here; times a bool one, torch first copies the mask to float (2.3x the time on
-    the attention masks), and `where` takes 4.6x (docs/RESULTS.md)."""
+    the attention masks), and `where` 4.6-5.5x (docs/RESULTS.md)."""
     return keep.view(torch.uint8)
 
 
