@@ -1,0 +1,65 @@
+"""`impl.attention.gemm`: the oneDNN products on CPU float32 against the plain float64 formulas.
+
+Each result must equal the float64 product of the same float32 inputs within gamma_n (float32) of the sum
+of |terms| (n the depth of the sum), for shapes with dimensions of size 1 as well (oneDNN then returns
+layouts that a `view` would reject).
+"""
+
+import pytest
+import torch
+
+from impl.attention import gemm
+from verify import tolerances
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def _check(got: torch.Tensor, want: torch.Tensor, absolute: torch.Tensor, depth: int) -> None:
+    assert got.dtype == torch.float32 and got.shape == want.shape and got.is_contiguous()
+    bound = tolerances.gamma(depth, torch.float32) * absolute
+    assert bool(((got.double() - want).abs() <= bound).all()), float(((got.double() - want).abs() - bound).max())
+
+
+def _randn(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("lead,c,o", [((2, 7, 5), 12, 9), ((1, 1), 3, 1), ((4, 1, 3), 1, 6), ((2, 16, 64), 40, 24)])
+def test_project_and_its_gradients(lead, c, o):
+    assert gemm.onednn_gemm(torch.empty(1))
+    u, w, g = _randn(*lead, c, seed=0), _randn(o, c, seed=1), _randn(*lead, o, seed=2)
+    _check(gemm.project(u, w), u.double() @ w.double().t(), u.double().abs() @ w.double().abs().t(), c)
+    grad_u, grad_w = gemm.project_backward(g, u, w)
+    rows_g, rows_u = g.double().reshape(-1, o), u.double().reshape(-1, c)
+    rows = rows_g.shape[0]
+    _check(grad_u, g.double() @ w.double(), g.double().abs() @ w.double().abs(), o)
+    _check(grad_w, rows_g.t() @ rows_u, rows_g.abs().t() @ rows_u.abs(), rows)
+    _check(gemm.weight_grad(g, u, w), rows_g.t() @ rows_u, rows_g.abs().t() @ rows_u.abs(), rows)
+    only_u, none_w = gemm.project_backward(g, u, w, need_weight=False)
+    assert none_w is None and torch.equal(only_u, grad_u)
+    assert gemm.project_backward(g, u, w, need_input=False, need_weight=False) == (None, None)
+
+
+@pytest.mark.parametrize("m,d,s", [(5, 7, 3), (1, 4, 1), (3, 1, 6), (64, 96, 40)])
+def test_matmul_and_its_gradients(m, d, s):
+    a, b, g = _randn(m, d, seed=3), _randn(d, s, seed=4), _randn(m, s, seed=5)
+    a64, b64, g64 = a.double(), b.double(), g.double()
+    _check(gemm.matmul(a, b), a64 @ b64, a64.abs() @ b64.abs(), d)
+    grad_a, grad_b = gemm.matmul_backward(g, a, b)
+    _check(grad_a, g64 @ b64.t(), g64.abs() @ b64.abs().t(), s)
+    _check(grad_b, a64.t() @ g64, a64.abs().t() @ g64.abs(), m)
+    assert gemm.matmul_backward(g, a, b, need_a=False)[0] is None
+    assert gemm.matmul_backward(g, a, b, need_b=False)[1] is None
+
+
+def test_other_dtypes_take_the_plain_products():
+    a, b = torch.randn(3, 4, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    g = torch.randn(3, 5, dtype=torch.float64)
+    assert not gemm.onednn_gemm(a)
+    assert torch.equal(gemm.matmul(a, b), a @ b)
+    grad_a, grad_b = gemm.matmul_backward(g, a, b)
+    assert torch.equal(grad_a, g @ b.t()) and torch.equal(grad_b, a.t() @ g)
+    u, w = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    gu = torch.randn(2, 3, 6, dtype=torch.float64)
+    grad_u, grad_w = gemm.project_backward(gu, u, w)
+    assert torch.allclose(grad_u, gu @ w) and torch.allclose(grad_w, gu.reshape(-1, 6).t() @ u.reshape(-1, 4))
