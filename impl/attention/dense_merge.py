@@ -113,12 +113,12 @@ class DenseMerge(torch.autograd.Function):
                     grad_cl[i], matrix.view(queries, keys * heads), values[i].reshape(keys * heads, out_dim),
                     need_a=need_p, need_b=need_values)
                 if need_values:
-                    grad_values[i - start] = grad_image_values.view(keys, heads * out_dim)
+                    grad_values[i - start] = grad_image_values.reshape(keys, heads * out_dim)
                 if need_p:
                     if keep is None:
-                        grad_shared += grad_matrix.view(shared.shape)
+                        grad_shared += grad_matrix.reshape(shared.shape)
                     else:
-                        grad_shared.addcmul_(grad_matrix.view(shared.shape), as_factor(keep[i]))
+                        grad_shared.addcmul_(grad_matrix.reshape(shared.shape), as_factor(keep[i]))
             if need_values:
                 grad_x_chunk, grad_w_chunk = project_backward(grad_values, x_cl[start:stop], w_all,
                                                               need_input=need_x, need_weight=need_w)

@@ -103,5 +103,5 @@ def matmul_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, nee
         grad_b4, grad_a4, _ = torch.ops.aten.convolution_backward(
             grad.contiguous().view(1, *grad.shape, 1), b.contiguous().view(1, *b.shape, 1),
             a.contiguous()[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_b, need_a, False])
-        return (grad_a4.view(a.shape) if need_a else None), (grad_b4.reshape(b.shape) if need_b else None)
+        return (grad_a4.reshape(a.shape) if need_a else None), (grad_b4.reshape(b.shape) if need_b else None)
     return (grad @ b.t() if need_a else None), (a.t() @ grad if need_b else None)
