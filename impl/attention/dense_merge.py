@@ -14,9 +14,13 @@ probability (`impl.dropout.keep_probability`). `DenseMerge` computes it as
 
 V_i, image i's projected values read as (K * H, O), has row (k, h) = x_ik W_h^T; D_i holds all heads'
 matrices side by side in the same (k, h) order, so the sum over heads is the product's depth (2,304 for
-9 heads over 256 keys) and every product is large enough to run at the GEMM rate. The backward is three
-per-image products (gradients of V and of D, D rebuilt from P and the mask) and two GEMMs per chunk of
-images (the merge's weight gradient and x's gradient); V is saved instead of recomputed.
+9 heads over 256 keys) and every product is large enough to run at the GEMM rate. The backward rebuilds
+D_i from P and the mask, takes the gradients of V_i and D_i from one more product per image, and x's and
+the merge's gradients from one call per chunk of images; V is saved instead of recomputed.
+
+The per-image products run image by image through oneDNN (CPU float32: `gemm`); elsewhere (CUDA, float64)
+as batched matmuls over a chunk, whose dropped-out matrices (chunk, Q, K * H) are then held for the chunk
+(the whole batch off the CPU). The two are the same sums; verify/ checks both against the plain formula.
 
 Measured against the per-head path this replaces (`mixing.PositionalMerge`: a projection and a
 256 x 256 by 256 x 400 product per head and image, recomputed for the weight gradient), docs/RESULTS.md.
@@ -27,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from ..dropout import as_factor, keep_mask
-from .gemm import matmul, matmul_backward, project, project_backward
+from .gemm import matmul, matmul_backward, onednn_gemm, project, project_backward
 
 # Images per chunk of the backward: its GEMMs over a chunk's tokens (the merge's weight gradient and x's
 # gradient) run at 300-350 GFLOP/s over one image of 256 tokens (9 heads x 400 outputs) and 350-450 over
@@ -57,6 +61,13 @@ def _chunk(batch: int, per_image: int, element_size: int, device: torch.device) 
     return max(1, min(batch, CHUNK_BYTES // max(1, per_image * element_size)))
 
 
+def _dropped(shared: torch.Tensor, keep: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
+    """Images start:stop's matrices (b, Q, K * H): shared (Q, K, H) times their masks (b, Q, K, H)."""
+    if keep is None:
+        return shared.flatten(1).expand(stop - start, -1, -1)
+    return torch.mul(shared, as_factor(keep[start:stop])).flatten(2)
+
+
 class DenseMerge(torch.autograd.Function):
     """out (B, O, Q) = merge of the dense shared attention (module docstring).
 
@@ -74,12 +85,19 @@ class DenseMerge(torch.autograd.Function):
         out_dim = weight.shape[0]
         x_cl = x.transpose(1, 2).contiguous()                                   # (B, K, C)
         values = project(x_cl, heads_major(weight, heads))                       # (B, K, H * O)
+        stacked = values.reshape(batch, keys * heads, out_dim)                   # V_i: rows (k, h)
         shared = (probs * scale).permute(1, 2, 0).contiguous()                   # (Q, K, H)
         out = x.new_empty(batch, queries, out_dim)
-        dropped = None if keep is None else torch.empty_like(shared)
-        for i in range(batch):
-            matrix = shared if keep is None else torch.mul(shared, as_factor(keep[i]), out=dropped)
-            out[i] = matmul(matrix.view(queries, keys * heads), values[i].reshape(keys * heads, out_dim))
+        if onednn_gemm(values):
+            dropped = None if keep is None else torch.empty_like(shared)
+            for i in range(batch):
+                matrix = shared if keep is None else torch.mul(shared, as_factor(keep[i]), out=dropped)
+                out[i] = matmul(matrix.view(queries, keys * heads), stacked[i])
+        else:
+            chunk = _chunk(batch, queries * keys * heads, x.element_size(), x.device)
+            for start in range(0, batch, chunk):
+                stop = min(batch, start + chunk)
+                torch.bmm(_dropped(shared, keep, start, stop), stacked[start:stop], out=out[start:stop])
         if bias is not None:
             out += bias
         ctx.save_for_backward(x_cl, weight, keep, probs, values)
@@ -97,28 +115,38 @@ class DenseMerge(torch.autograd.Function):
         out_dim = weight.shape[0]
         w_all = heads_major(weight, heads)
         need_values = need_x or need_w
+        per_image = onednn_gemm(values)
+        stacked = values.reshape(batch, keys * heads, out_dim)
         grad_cl = grad.transpose(1, 2).contiguous()                              # (B, Q, O)
         shared = (probs * ctx.scale).permute(1, 2, 0).contiguous()               # (Q, K, H)
         grad_shared = torch.zeros_like(shared) if need_p else None
         grad_x = x_cl.new_empty(batch, keys, channels) if need_x else None
         grad_w = x_cl.new_zeros(heads * out_dim, channels) if need_w else None
         dropped = None if keep is None else torch.empty_like(shared)
-        chunk = _chunk(batch, keys * heads * out_dim, x_cl.element_size(), x_cl.device)
+        per_chunk = keys * heads * (out_dim if per_image else out_dim + queries)
+        chunk = _chunk(batch, per_chunk, x_cl.element_size(), x_cl.device)
         for start in range(0, batch, chunk):
             stop = min(batch, start + chunk)
-            grad_values = x_cl.new_empty(stop - start, keys, heads * out_dim) if need_values else None
-            for i in range(start, stop):
-                matrix = shared if keep is None else torch.mul(shared, as_factor(keep[i]), out=dropped)
-                grad_matrix, grad_image_values = matmul_backward(
-                    grad_cl[i], matrix.view(queries, keys * heads), values[i].reshape(keys * heads, out_dim),
-                    need_a=need_p, need_b=need_values)
-                if need_values:
-                    grad_values[i - start] = grad_image_values.reshape(keys, heads * out_dim)
+            if per_image:
+                grad_values = x_cl.new_empty(stop - start, keys, heads * out_dim) if need_values else None
+                for i in range(start, stop):
+                    matrix = shared if keep is None else torch.mul(shared, as_factor(keep[i]), out=dropped)
+                    grad_matrix, grad_image_values = matmul_backward(
+                        grad_cl[i], matrix.view(queries, keys * heads), stacked[i],
+                        need_a=need_p, need_b=need_values)
+                    if need_values:
+                        grad_values[i - start] = grad_image_values.reshape(keys, heads * out_dim)
+                    if need_p:
+                        mask = None if keep is None else as_factor(keep[i])
+                        _add_masked(grad_shared, grad_matrix.reshape(shared.shape), mask)
+            else:
+                matrices = _dropped(shared, keep, start, stop)                  # (b, Q, K * H)
+                grad_values = torch.bmm(matrices.transpose(1, 2), grad_cl[start:stop]).view(
+                    stop - start, keys, heads * out_dim) if need_values else None
                 if need_p:
-                    if keep is None:
-                        grad_shared += grad_matrix.reshape(shared.shape)
-                    else:
-                        grad_shared.addcmul_(grad_matrix.reshape(shared.shape), as_factor(keep[i]))
+                    grad_matrices = torch.bmm(grad_cl[start:stop], stacked[start:stop].transpose(1, 2))
+                    mask = None if keep is None else as_factor(keep[start:stop])
+                    _add_masked(grad_shared, grad_matrices.view(-1, *shared.shape), mask)
             if need_values:
                 grad_x_chunk, grad_w_chunk = project_backward(grad_values, x_cl[start:stop], w_all,
                                                               need_input=need_x, need_weight=need_w)
@@ -131,3 +159,13 @@ class DenseMerge(torch.autograd.Function):
         grad_probs = (grad_shared * ctx.scale).permute(2, 0, 1).contiguous() if need_p else None
         grad_bias = grad.sum((0, 2)) if need_b and ctx.has_bias else None
         return (None if grad_x is None else grad_x.transpose(1, 2), grad_weight, grad_bias, None, None, grad_probs)
+
+
+def _add_masked(total: torch.Tensor, grads: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """total (Q, K, H) += grads (Q, K, H) or (b, Q, K, H) summed over images, times mask (its shape)."""
+    if mask is None:
+        total += grads if grads.dim() == total.dim() else grads.sum(0)
+    elif grads.dim() == total.dim():
+        total.addcmul_(grads, mask)
+    else:
+        total += torch.mul(grads, mask).sum(0)
