@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ..dropout import keep_probability
 from .dense_merge import DenseMerge, attention_keep_mask
-from .gemm import onednn_gemm, project, weight_grad
+from .gemm import onednn_gemm, project, project_backward, weight_grad
 
 # Per-head tensors of a chunk of images are kept near this size per thread, so they stay in cache and are
 # re-used from the allocator's free lists instead of being faulted in afresh at every call. No cap on the
@@ -269,7 +269,7 @@ class PositionalMerge(torch.autograd.Function):
         out_dim = weight.shape[0]
         n_key = len(key_probs)
         w_heads = weight.view(out_dim, heads, channels).transpose(0, 1)           # (H, O, C)
-        w_t = w_heads.transpose(1, 2).contiguous()                               # (H, C, O)
+        w_t = None if need_w else w_heads.transpose(1, 2).contiguous()           # (H, C, O)
         q_t = None if per_image else query_probs.transpose(-1, -2).contiguous()  # (H, K0, Q0)
         k_t = [p.transpose(1, 2).contiguous() for p in key_probs]
         grad_x = torch.empty_like(x) if need_x else None
@@ -289,11 +289,14 @@ class PositionalMerge(torch.autograd.Function):
                 p0_t = p0.transpose(-1, -2) if per_image else q_t[h]
                 stages: list = []
                 u = _key_side(x_cl, key_probs, h, stages)                        # (b, K0, Q1.., C)
-                if need_w:
-                    grad_w[h] += weight_grad(g_cl, axis_apply(p0, u, 0), w_heads[h])
-                if not (need_q or need_u_grad):
+                need_t = need_q or need_u_grad
+                if need_w:  # t = g W_h, the projection's input gradient, from the same call
+                    t, grad_head = project_backward(g_cl, axis_apply(p0, u, 0), w_heads[h], need_input=need_t)
+                    grad_w[h] += grad_head
+                elif need_t:
+                    t = project(g_cl, w_t[h])                                    # (b, Q0, Q1.., C)
+                if not need_t:
                     continue
-                t = project(g_cl, w_t[h])                                        # (b, Q0, Q1.., C)
                 if need_q:
                     if per_image:
                         query_side.add_image_grads(grad_q, start, stop, h, axis_contract(t, u, 0, per_image=True))
