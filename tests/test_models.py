@@ -124,6 +124,20 @@ def test_tiny_models_forward_any_size(name, size):
         assert model.eval()(torch.randn(1, 3, h, w)).shape == (1, 10)
 
 
+def test_attention_model_traces_under_torch_compile():
+    """`python -m impl.train --compile`: dynamo and AOTAutograd trace the model with fake tensors, which
+    oneDNN's ops reject, so while compiling the layers take the plain products (`gemm.onednn_gemm`). The
+    aot_eager backend needs no C++ compiler; eval mode, so that no dropout mask differs between the runs."""
+    torch.manual_seed(0)
+    model = build("tiny_quadratic").eval()
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=False)
+    want, got = model(x), compiled(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    got.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
 @pytest.mark.parametrize("name", [n for n in TINY if n != "tiny_resnet18"])
 def test_tiny_models_on_digits(name):
     model = build(name, in_channels=1, image_size=8, downsample=1, num_classes=7).eval()

@@ -23,9 +23,11 @@ import torch.nn.functional as F
 
 def onednn_gemm(t: torch.Tensor) -> bool:
     """oneDNN's convolution is the fastest float32 GEMM torch has on CPU (MKL's sgemm runs at half its
-    speed on some x86 CPUs); use it through a 1x1 convolution on channels-last tokens."""
+    speed on some x86 CPUs); use it through a 1x1 convolution on channels-last tokens. Not while
+    torch.compile traces: its fake tensors cannot go through oneDNN's ops (the compiler then picks the
+    GEMMs itself)."""
     return t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
-        and torch.backends.mkldnn.enabled
+        and torch.backends.mkldnn.enabled and not torch.compiler.is_compiling()
 
 
 def _as_nhwc(t: torch.Tensor) -> torch.Tensor:
