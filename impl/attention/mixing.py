@@ -485,14 +485,15 @@ def positional_merge(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     (or (B, H, Q0, K0), one matrix per image); key_probs[a - 1] (H, Q_a, K_a) mixes axis a (separable
     heads; empty for a dense (H, Nq, Nk) matrix on a flattened grid). Returns (B, O, Q0, .., Q_{n-1}).
 
-    fused: True for the hand-written CPU paths, False for autograd; None picks the fused ones for
+    fused: True for the hand-written paths (chunked on CPU), False for autograd; None picks them for
     float32/float64 outside autocast. Fused, dense probabilities shared by the batch take `DenseMerge` (all
     heads' projections first, then one product per image over every head's keys); others `PositionalMerge`
     (chunked, head by head), or, with `sharing`, `ProductMerge` when heads' per-axis matrices repeat
     (`product_groups`: it applies each distinct matrix once).
     dropout: attention dropout of dense shared probabilities, an independent mask per image
     (`dense_merge.attention_keep_mask`, kept elements scaled by 1 / `impl.dropout.keep_probability`);
-    fused, the dropped-out matrices are built image by image and never held whole.
+    fused on CPU, the dropped-out matrices are built image by image and the (B, H, Nq, Nk) float
+    probabilities are never held (elsewhere chunk by chunk, the whole batch one chunk on CUDA).
     """
     if fused is None:
         fused = x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
