@@ -4,8 +4,9 @@ torch.profiler moves time on this project's CPU (it once put the convolution's p
 unprofiled, and made one small batched matmul read 2 ms a call where it takes 0.47), so this accounts
 without it: it wraps the functions of the attention path (the fused autograd functions of
 `impl.attention.mixing` and `dense_merge`, the helpers they call, and the dropout masks) with a wall
-clock, runs the passes, and prints per function and pass: calls, inclusive ms, exclusive ms (its wrapped callees' time taken out) and that
-as a fraction of the whole pass. Whatever no wrapped function covers is one line, "outside".
+clock, runs the passes, and prints per function and pass: calls, inclusive ms, exclusive ms (its wrapped
+callees' time taken out) and that as a fraction of the whole pass. Whatever no wrapped function covers is
+one line, "outside".
 
     python -m bench.account                                   # separable-quadratic, 16x16, vs the conv
     python -m bench.account --layer learned --size 32 --threads 1

@@ -42,9 +42,9 @@ CHUNK_BYTES = 32 << 20
 
 def attention_keep_mask(batch: int, probs_shape, p: float, device: torch.device | str = "cpu",
                         generator: torch.Generator | None = None) -> torch.Tensor:
-    """The attention-dropout mask of `mixing.positional_merge`: keep[b, h, q, k] (B, H, Q, K) bool, each element
-    kept with probability `keep_probability(p)`, independently; stored (B, Q, K, H), the layout `DenseMerge`
-    reads (a permuted view)."""
+    """The attention-dropout mask of `mixing.positional_merge`: keep[b, h, q, k] (B, H, Q, K) bool, each
+    element kept with probability `keep_probability(p)`, independently; stored (B, Q, K, H), the layout
+    `DenseMerge` reads (a permuted view)."""
     heads, queries, keys = probs_shape
     return keep_mask((batch, queries, keys, heads), p, device, generator).permute(0, 3, 1, 2)
 
