@@ -63,3 +63,17 @@ def test_other_dtypes_take_the_plain_products():
     gu = torch.randn(2, 3, 6, dtype=torch.float64)
     grad_u, grad_w = gemm.project_backward(gu, u, w)
     assert torch.allclose(grad_u, gu @ w) and torch.allclose(grad_w, gu.reshape(-1, 6).t() @ u.reshape(-1, 4))
+
+
+@pytest.mark.parametrize("n,m,d,s", [(3, 5, 7, 4), (1, 2, 3, 1), (4, 1, 6, 9)])
+def test_matmul_of_a_batch_and_its_gradients(n, m, d, s):
+    """One a for a batch of b (n, D, S): the products image by image, a's gradient summed over the batch."""
+    a, b, g = _randn(m, d, seed=6), _randn(n, d, s, seed=7), _randn(n, m, s, seed=8)
+    a64, b64, g64 = a.double(), b.double(), g.double()
+    _check(gemm.matmul(a, b), a64 @ b64, a64.abs() @ b64.abs(), d)
+    grad_a, grad_b = gemm.matmul_backward(g, a, b)
+    _check(grad_a, torch.einsum("nms,nds->md", g64, b64), torch.einsum("nms,nds->md", g64.abs(), b64.abs()), n * s)
+    _check(grad_b, a64.t() @ g64, a64.abs().t() @ g64.abs(), m)
+    plain_a, plain_b = gemm.matmul_backward(g.double(), a64, b64)  # float64: the plain products
+    torch.testing.assert_close(plain_a, torch.einsum("nms,nds->md", g64, b64))
+    torch.testing.assert_close(plain_b, a64.t() @ g64)

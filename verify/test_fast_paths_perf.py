@@ -294,7 +294,7 @@ def test_per_image_probabilities_equal_plain_path(dtype, fused, batch, heads, ch
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-masked-per-chunk", "autograd-materialised"])
 @examples(0.3)
 @given(batch=st.integers(1, 3), heads=st.integers(1, 4), channels=st.integers(1, 4), out_dim=st.integers(1, 4),
-       tokens=st.integers(1, 12), queries=st.integers(1, 12), p=st.sampled_from([0.1, 0.5]),
+       tokens=st.integers(1, 12), queries=st.integers(1, 12), p=st.sampled_from([0.0, 0.1, 0.5]),
        seed=strategies.seeds())
 def test_attention_dropout_equals_plain_path_on_the_same_mask(dtype, fused, batch, heads, channels, out_dim,
                                                              tokens, queries, p, seed):
@@ -303,7 +303,8 @@ def test_attention_dropout_equals_plain_path_on_the_same_mask(dtype, fused, batc
     summed straight from the per-image ones; not fused, the dropped-out (B, H, Nq, Nk) probabilities are
     materialised. Both equal the plain per-image formula (mix_dense + merge_heads) on the same mask
     (`dense_merge.attention_keep_mask` under the same seed), output and gradients wrt x, W and P, within
-    twice gamma_n of the sums of |terms| (n bounds the chains of sums of both computations)."""
+    twice gamma_n of the sums of |terms| (n bounds the chains of sums of both computations). p = 0 is the
+    dense path without dropout: every image's matrix P (one product over the batch in `DenseMerge`)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, channels, tokens, generator=g, dtype=torch.float64)
     probs = torch.softmax(torch.randn(heads, queries, tokens, generator=g, dtype=torch.float64), -1)

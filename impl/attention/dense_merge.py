@@ -18,9 +18,11 @@ matrices side by side in the same (k, h) order, so the sum over heads is the pro
 D_i from P and the mask, takes the gradients of V_i and D_i from one more product per image, and x's and
 the merge's gradients from one call per chunk of images; V is saved instead of recomputed.
 
-The per-image products run image by image through oneDNN (CPU float32: `gemm`); elsewhere (CUDA, float64)
-as batched matmuls over a chunk, whose dropped-out matrices (chunk, Q, K * H) are then held for the chunk
-(the whole batch off the CPU). The two are the same sums; verify/ checks both against the plain formula.
+Without dropout every image has the same D: the products are one call over the batch (one over each
+chunk in the backward, where D's gradient is summed by the call). Under dropout they run image by image
+through oneDNN (CPU float32: `gemm`), elsewhere (CUDA, float64) as batched matmuls over a chunk, whose
+dropped-out matrices (chunk, Q, K * H) are then held (the whole batch off the CPU). These are the same
+sums; verify/ checks each against the plain formula.
 
 Measured against the per-head path this replaces (`mixing.PositionalMerge`: a projection and a
 256 x 256 by 256 x 400 product per head and image, recomputed for the weight gradient), docs/RESULTS.md.
@@ -61,10 +63,8 @@ def _chunk(batch: int, per_image: int, element_size: int, device: torch.device) 
     return max(1, min(batch, CHUNK_BYTES // max(1, per_image * element_size)))
 
 
-def _dropped(shared: torch.Tensor, keep: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
+def _dropped(shared: torch.Tensor, keep: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """Images start:stop's matrices (b, Q, K * H): shared (Q, K, H) times their masks (b, Q, K, H)."""
-    if keep is None:
-        return shared.flatten(1).expand(stop - start, -1, -1)
     return torch.mul(shared, as_factor(keep[start:stop])).flatten(2)
 
 
@@ -87,13 +87,16 @@ class DenseMerge(torch.autograd.Function):
         values = project(x_cl, heads_major(weight, heads))                       # (B, K, H * O)
         stacked = values.reshape(batch, keys * heads, out_dim)                   # V_i: rows (k, h)
         shared = (probs * scale).permute(1, 2, 0).contiguous()                   # (Q, K, H)
-        out = x.new_empty(batch, queries, out_dim)
-        if onednn_gemm(values):
-            dropped = None if keep is None else torch.empty_like(shared)
+        if keep is None:  # one matrix for every image: one call over the batch
+            out = matmul(shared.view(queries, keys * heads), stacked)
+        elif onednn_gemm(values):
+            out = x.new_empty(batch, queries, out_dim)
+            dropped = torch.empty_like(shared)
             for i in range(batch):
-                matrix = shared if keep is None else torch.mul(shared, as_factor(keep[i]), out=dropped)
+                matrix = torch.mul(shared, as_factor(keep[i]), out=dropped)
                 out[i] = matmul(matrix.view(queries, keys * heads), stacked[i])
         else:
+            out = x.new_empty(batch, queries, out_dim)
             chunk = _chunk(batch, queries * keys * heads, x.element_size(), x.device)
             for start in range(0, batch, chunk):
                 stop = min(batch, start + chunk)
@@ -127,26 +130,33 @@ class DenseMerge(torch.autograd.Function):
         chunk = _chunk(batch, per_chunk, x_cl.element_size(), x_cl.device)
         for start in range(0, batch, chunk):
             stop = min(batch, start + chunk)
-            if per_image:
+            if keep is None:  # one matrix for every image: one call over the chunk, P's gradient summed in it
+                grad_matrix, grad_values = matmul_backward(
+                    grad_cl[start:stop], shared.view(queries, keys * heads), stacked[start:stop],
+                    need_a=need_p, need_b=need_values)
+                if need_values:
+                    grad_values = grad_values.reshape(stop - start, keys, heads * out_dim)
+                if need_p:
+                    grad_shared += grad_matrix.reshape(shared.shape)
+            elif per_image:
                 grad_values = x_cl.new_empty(stop - start, keys, heads * out_dim) if need_values else None
                 for i in range(start, stop):
-                    matrix = shared if keep is None else torch.mul(shared, as_factor(keep[i]), out=dropped)
+                    matrix = torch.mul(shared, as_factor(keep[i]), out=dropped)
                     grad_matrix, grad_image_values = matmul_backward(
                         grad_cl[i], matrix.view(queries, keys * heads), stacked[i],
                         need_a=need_p, need_b=need_values)
                     if need_values:
                         grad_values[i - start] = grad_image_values.reshape(keys, heads * out_dim)
                     if need_p:
-                        mask = None if keep is None else as_factor(keep[i])
-                        _add_masked(grad_shared, grad_matrix.reshape(shared.shape), mask)
+                        grad_shared.addcmul_(grad_matrix.reshape(shared.shape), as_factor(keep[i]))
             else:
                 matrices = _dropped(shared, keep, start, stop)                  # (b, Q, K * H)
                 grad_values = torch.bmm(matrices.transpose(1, 2), grad_cl[start:stop]).view(
                     stop - start, keys, heads * out_dim) if need_values else None
                 if need_p:
                     grad_matrices = torch.bmm(grad_cl[start:stop], stacked[start:stop].transpose(1, 2))
-                    mask = None if keep is None else as_factor(keep[start:stop])
-                    _add_masked(grad_shared, grad_matrices.view(-1, *shared.shape), mask)
+                    masked = torch.mul(grad_matrices.view(-1, *shared.shape), as_factor(keep[start:stop]))
+                    grad_shared += masked.sum(0)
             if need_values:
                 grad_x_chunk, grad_w_chunk = project_backward(grad_values, x_cl[start:stop], w_all,
                                                               need_input=need_x, need_weight=need_w)
@@ -160,12 +170,3 @@ class DenseMerge(torch.autograd.Function):
         grad_bias = grad.sum((0, 2)) if need_b and ctx.has_bias else None
         return (None if grad_x is None else grad_x.transpose(1, 2), grad_weight, grad_bias, None, None, grad_probs)
 
-
-def _add_masked(total: torch.Tensor, grads: torch.Tensor, mask: torch.Tensor | None) -> None:
-    """total (Q, K, H) += grads (Q, K, H) or (b, Q, K, H) summed over images, times mask (its shape)."""
-    if mask is None:
-        total += grads if grads.dim() == total.dim() else grads.sum(0)
-    elif grads.dim() == total.dim():
-        total.addcmul_(grads, mask)
-    else:
-        total += torch.mul(grads, mask).sum(0)

@@ -84,26 +84,37 @@ def project_backward(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor, *, need_
     return grad_y, g2.t() @ y.reshape(-1, y.shape[-1]) if need_weight else None
 
 
+def _images(t: torch.Tensor) -> torch.Tensor:
+    """(D, S) or (n, D, S) -> an (n, D, S, 1) channels-first image batch (n = 1 for one matrix)."""
+    t = t.contiguous()
+    return t.view(-1, *t.shape[-2:], 1)
+
+
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a (M, D) @ b (D, S) -> (M, S) contiguous; not differentiable (the fused merges' own backward uses it).
-    Through oneDNN on CPU float32: b read as a channels-first (D, S) image, a as the weight."""
+    """a (M, D) @ b (D, S) -> (M, S), or for every matrix of b (n, D, S) -> (n, M, S); contiguous, not
+    differentiable (the fused merges' own backward uses it). Through oneDNN on CPU float32: b read as a
+    batch of channels-first (D, S) images, a as the weight."""
     if onednn_gemm(b):
-        out = torch.mkldnn_convolution(b.contiguous().view(1, b.shape[0], b.shape[1], 1),
-                                       a.contiguous()[:, :, None, None], None, [0, 0], [1, 1], [1, 1], 1)
-        return out.reshape(a.shape[0], b.shape[1])
-    return a @ b
+        out = torch.mkldnn_convolution(_images(b), a.contiguous()[:, :, None, None], None, [0, 0], [1, 1],
+                                       [1, 1], 1)
+        return out.reshape(*b.shape[:-2], a.shape[0], b.shape[-1])
+    return torch.matmul(a, b)
 
 
 def matmul_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, need_a: bool = True,
                     need_b: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The gradients of `matmul(a, b)` for upstream grad (M, S): wrt a, grad @ b^T (M, D), and wrt b,
-    a^T @ grad (D, S); None for those not needed. On oneDNN both from one call of the convolution's
-    backward, with a and b read as they are (no transposed copies)."""
+    """The gradients of `matmul(a, b)` for upstream grad (M, S) (or (n, M, S)): wrt a, grad @ b^T (M, D),
+    summed over the n matrices, and wrt b, a^T @ grad (D, S) (or (n, D, S)); None for those not needed. On
+    oneDNN both from one call of the convolution's backward, with a and b read as they are (no transposed
+    copies)."""
     if not (need_a or need_b):
         return None, None
     if onednn_gemm(grad):
         grad_b4, grad_a4, _ = torch.ops.aten.convolution_backward(
-            grad.contiguous().view(1, *grad.shape, 1), b.contiguous().view(1, *b.shape, 1),
-            a.contiguous()[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_b, need_a, False])
+            _images(grad), _images(b), a.contiguous()[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False,
+            [0, 0], 1, [need_b, need_a, False])
         return (grad_a4.reshape(a.shape) if need_a else None), (grad_b4.reshape(b.shape) if need_b else None)
-    return (grad @ b.t() if need_a else None), (a.t() @ grad if need_b else None)
+    grad_a = None
+    if need_a:
+        grad_a = grad @ b.t() if grad.dim() == 2 else torch.einsum("nms,nds->md", grad, b)
+    return grad_a, (torch.matmul(a.t(), grad) if need_b else None)
