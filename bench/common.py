@@ -54,7 +54,8 @@ def header(where: str, details: str) -> str:
     """The first line of every command-line table: date, torch, the machine (`where`), load, allocator."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     malloc = "retained" if RETAINED_MEMORY else "system"
-    return f"# {datetime.date.today()}  torch {torch.__version__}  {where}  load average {load:.1f}  malloc {malloc}  {details}"
+    return (f"# {datetime.date.today()}  torch {torch.__version__}  {where}  load average {load:.1f}  "
+            f"malloc {malloc}  {details}")
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 
 from ..dropout import as_factor, keep_mask
-from .gemm import matmul, matmul_backward, onednn_gemm, project, project_backward
+from .gemm import images_per_chunk, matmul, matmul_backward, onednn_gemm, project, project_backward
 
 # Images per chunk of the backward: its GEMMs over a chunk's tokens (the merge's weight gradient and x's
 # gradient) run at 300-350 GFLOP/s over one image of 256 tokens (9 heads x 400 outputs) and 350-450 over
@@ -55,12 +55,6 @@ def heads_major(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """The merge weight (O, H * C) as (H * O, C): row (h, o) is head h's block's row o."""
     out_dim = weight.shape[0]
     return weight.view(out_dim, heads, -1).transpose(0, 1).reshape(heads * out_dim, -1)
-
-
-def _chunk(batch: int, per_image: int, element_size: int, device: torch.device) -> int:
-    if device.type != "cpu":
-        return max(batch, 1)
-    return max(1, min(batch, CHUNK_BYTES // max(1, per_image * element_size)))
 
 
 def _dropped(shared: torch.Tensor, keep: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -90,14 +84,13 @@ class DenseMerge(torch.autograd.Function):
         if keep is None:  # one matrix for every image: one call over the batch
             out = matmul(shared.view(queries, keys * heads), stacked)
         elif onednn_gemm(values):
-            out = x.new_empty(batch, queries, out_dim)
-            dropped = torch.empty_like(shared)
+            out, dropped = x.new_empty(batch, queries, out_dim), torch.empty_like(shared)
             for i in range(batch):
                 matrix = torch.mul(shared, as_factor(keep[i]), out=dropped)
                 out[i] = matmul(matrix.view(queries, keys * heads), stacked[i])
         else:
             out = x.new_empty(batch, queries, out_dim)
-            chunk = _chunk(batch, queries * keys * heads, x.element_size(), x.device)
+            chunk = images_per_chunk(batch, queries * keys * heads * x.element_size(), x.device, CHUNK_BYTES)
             for start in range(0, batch, chunk):
                 stop = min(batch, start + chunk)
                 torch.bmm(_dropped(shared, keep, start, stop), stacked[start:stop], out=out[start:stop])
@@ -125,9 +118,9 @@ class DenseMerge(torch.autograd.Function):
         grad_shared = torch.zeros_like(shared) if need_p else None
         grad_x = x_cl.new_empty(batch, keys, channels) if need_x else None
         grad_w = x_cl.new_zeros(heads * out_dim, channels) if need_w else None
-        dropped = None if keep is None else torch.empty_like(shared)
-        per_chunk = keys * heads * (out_dim if per_image else out_dim + queries)
-        chunk = _chunk(batch, per_chunk, x_cl.element_size(), x_cl.device)
+        dropped = torch.empty_like(shared) if keep is not None and per_image else None
+        per_image_elements = keys * heads * (out_dim if per_image else out_dim + queries)
+        chunk = images_per_chunk(batch, per_image_elements * x_cl.element_size(), x_cl.device, CHUNK_BYTES)
         for start in range(0, batch, chunk):
             stop = min(batch, start + chunk)
             if keep is None:  # one matrix for every image: one call over the chunk, P's gradient summed in it

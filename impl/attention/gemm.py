@@ -8,6 +8,7 @@ precision) takes the plain torch op.
 - `project`: tokens (.., C) by a weight (O, C): u @ w.T, channels-last (an NHWC 1x1 convolution).
 - `weight_grad`, `project_backward`: the gradient of that weight, sum over rows of g^T y, and of the
   tokens, g @ w (oneDNN's weight and data gradients).
+- `images_per_chunk`: how many images the fused paths' loops take at a time.
 - `matmul`: a (M, D) by b (D, S), both row-major, e.g. an image's attention matrix by its values (an NCHW
   1x1 convolution whose weight is a).
 """
@@ -28,6 +29,16 @@ def onednn_gemm(t: torch.Tensor) -> bool:
     GEMMs itself)."""
     return t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
         and torch.backends.mkldnn.enabled and not torch.compiler.is_compiling()
+
+
+def images_per_chunk(batch: int, image_bytes: int, device: torch.device, budget: int) -> int:
+    """Images per chunk of a fused path's loop on CPU: a chunk's per-image tensors (`image_bytes` each)
+    within `budget` bytes (at least one image), in balanced chunks; the whole batch elsewhere."""
+    if device.type != "cpu" or batch <= 1:
+        return max(batch, 1)
+    size = max(1, budget // max(1, image_bytes))
+    count = -(-batch // size)
+    return -(-batch // count)
 
 
 def _as_nhwc(t: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ..dropout import keep_probability
 from .dense_merge import DenseMerge, attention_keep_mask
-from .gemm import onednn_gemm, project, project_backward, weight_grad
+from .gemm import images_per_chunk, onednn_gemm, project, project_backward, weight_grad
 
 # Per-head tensors of a chunk of images are kept near this size per thread, so they stay in cache and are
 # re-used from the allocator's free lists instead of being faulted in afresh at every call. No cap on the
@@ -183,11 +183,7 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 def _chunk(batch: int, per_image: int, element_size: int, device: torch.device, budget: int) -> int:
     """Images per chunk on CPU: per-image tensors of `per_image` elements within `budget` bytes a thread
     (each core has its own L2; at least one image), in balanced chunks; the whole batch elsewhere."""
-    if device.type != "cpu" or batch <= 1:
-        return max(batch, 1)
-    size = max(1, budget * torch.get_num_threads() // max(1, per_image * element_size))
-    count = -(-batch // size)
-    return -(-batch // count)
+    return images_per_chunk(batch, per_image * element_size, device, budget * torch.get_num_threads())
 
 
 def _bias_filled(like: torch.Tensor, shape: Sequence[int], bias: torch.Tensor | None) -> torch.Tensor:
