@@ -9,6 +9,12 @@ as four 15-bit integers, uniform on [0, 2^15), and keeps an element when its int
 round(p * 2^15): four elements for two 32-bit draws. The mask is applied as a product by its uint8 view
 (`as_factor`); the backward keeps only the boolean mask.
 
+The generator is serial (one core however many torch uses), so a large mask is drawn in parts of 2^20
+words, each from its own Mersenne Twister seeded by a draw of the given generator, the parts shared among
+`torch.get_num_threads()` Python threads (torch releases the GIL while it fills them): the paper's
+attention mask at batch 100 is drawn in 20 ms instead of 38 on two cores. The parts and their seeds do
+not depend on the thread count, so a seed gives the same mask on any machine.
+
 The keep probability q = 1 - round(p * 2^15) / 2^15 (`keep_probability`) is within 2^-16 of 1 - p (exactly
 1 - p when p is a multiple of 2^-15), and kept values are scaled by exactly 1 / q, so that the expectation
 is the input exactly (nn.Dropout scales by 1 / (1 - p): for p = 0.1 the two factors differ by 7e-6 of
@@ -25,6 +31,8 @@ broadcast input; the gradient is summed back to the input's shape.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import torch
@@ -32,6 +40,9 @@ from torch import nn
 
 _BITS = 15  # bits of randomness an element: a 64-bit word of `random_` makes four elements
 _FIFTEEN_BIT_PIECES = 0x7FFF7FFF7FFF7FFF  # clears the top bit of each 16-bit piece of a word
+PART_WORDS = 1 << 20  # 64-bit words of a mask drawn from one seed (module docstring)
+_pools: dict[int, ThreadPoolExecutor] = {}  # by worker count; emptied in a forked child (its threads are gone)
+os.register_at_fork(after_in_child=_pools.clear)
 
 
 def _check_p(p) -> float:
@@ -50,9 +61,35 @@ def keep_mask(shape: Sequence[int], p: float, device: torch.device | str = "cpu"
     """A bool tensor of `shape`, each element True with probability `keep_probability(p)`, independently."""
     p = _check_p(p)
     count = math.prod(shape)
-    words = torch.empty(-(-count // 4), dtype=torch.int64, device=device).random_(generator=generator)
+    words = _random_words(-(-count // 4), torch.device(device), generator)
     pieces = words.bitwise_and_(_FIFTEEN_BIT_PIECES).view(torch.int16)[:count]
     return (pieces >= round(p * (1 << _BITS))).view(tuple(shape))
+
+
+def _random_words(count: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    """`count` int64 words of 63 random bits: from `generator` itself up to `PART_WORDS` (or off the CPU),
+    else in parts of `PART_WORDS`, each from a generator seeded by one draw of `generator`, filled on
+    `torch.get_num_threads()` threads."""
+    words = torch.empty(count, dtype=torch.int64, device=device)
+    if device.type != "cpu" or count <= PART_WORDS:
+        return words.random_(generator=generator)
+    seeds = torch.empty(-(-count // PART_WORDS), dtype=torch.int64).random_(generator=generator).tolist()
+
+    def fill(part: int) -> None:
+        part_generator = torch.Generator()
+        part_generator.manual_seed(seeds[part])
+        words[part * PART_WORDS:(part + 1) * PART_WORDS].random_(generator=part_generator)
+
+    workers = min(torch.get_num_threads(), len(seeds))
+    if workers == 1:
+        for part in range(len(seeds)):
+            fill(part)
+    else:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="dropout-mask")
+        for _ in _pools[workers].map(fill, range(len(seeds))):  # re-raises a part's exception
+            pass
+    return words
 
 
 def _broadcasts(shape: tuple, target: tuple) -> bool:

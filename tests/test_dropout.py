@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from impl import dropout as dropout_module
 from impl.dropout import Dropout, _MaskedScale, dropout, keep_mask, keep_probability
 
 
@@ -54,6 +55,30 @@ def test_masks_are_independent_across_elements_and_calls():
     both = (a & b).float().mean().item()
     assert abs(both - 0.25) < 6 * math.sqrt(0.25 * 0.75 / (1 << 16))
     assert abs((a[1:] & a[:-1]).float().mean().item() - 0.25) < 6 * math.sqrt(0.25 * 0.75 / (1 << 16))
+
+
+def test_a_mask_drawn_in_parts_depends_on_the_seed_not_the_thread_count(monkeypatch):
+    """Above `PART_WORDS` words the mask is drawn in parts, each from its own seeded generator, on a pool of
+    threads: the same seed gives the same mask with one thread or two, and the parts are not copies of each
+    other (their seeds are distinct draws)."""
+    monkeypatch.setattr(dropout_module, "PART_WORDS", 1 << 10)
+    n = 40 * 4 << 10  # 40 parts of 4,096 elements
+    threads = torch.get_num_threads()
+    masks = []
+    try:
+        for count in (1, 2, 1):
+            torch.set_num_threads(count)
+            torch.manual_seed(5)
+            masks.append(keep_mask((n,), 0.5))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(masks[0], masks[1]) and torch.equal(masks[0], masks[2])
+    parts = masks[0].view(40, -1)
+    assert not any(torch.equal(parts[0], parts[j]) for j in range(1, 40))
+    agree = (parts[:-1] == parts[1:]).float().mean().item()  # neighbouring parts agree half the time
+    assert abs(agree - 0.5) < 6 * math.sqrt(0.25 / parts[1:].numel())
+    kept = masks[0].sum().item()
+    assert abs(kept - n / 2) < 6 * math.sqrt(n / 4)
 
 
 def test_kept_values_are_scaled_exactly_and_dropped_ones_are_zero():

@@ -36,10 +36,11 @@ from ..dropout import as_factor, keep_mask
 from .gemm import images_per_chunk, matmul, matmul_backward, onednn_gemm, project, project_backward
 
 # Images per chunk of the backward: its GEMMs over a chunk's tokens (the merge's weight gradient and x's
-# gradient) run at 300-350 GFLOP/s over one image of 256 tokens (9 heads x 400 outputs) and 350-450 over
-# eight; the chunk's value gradient (tokens x heads x outputs) is kept within this size (8 such images;
-# sa_quadratic's step 1.29 s against 1.32 with 16 MB and 1.43 with 4 MB, docs/RESULTS.md).
-CHUNK_BYTES = 32 << 20
+# gradient) run at 300-350 GFLOP/s over one image of 256 tokens (9 heads x 400 outputs), 416 over eight
+# and 438 over 25; the chunk's value gradient (tokens x heads x outputs) is kept within this size (25 such
+# images: sa_quadratic's batch-100 step takes 0.97 of the time it takes with 32 MB, and 0.98 of the time
+# with the whole batch at once, docs/RESULTS.md).
+CHUNK_BYTES = 96 << 20
 
 
 def attention_keep_mask(batch: int, probs_shape, p: float, device: torch.device | str = "cpu",
