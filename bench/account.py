@@ -32,12 +32,13 @@ WRAPPED = (
     (mixing.PositionalMerge, "forward"), (mixing.PositionalMerge, "backward"),
     (mixing.ProductMerge, "forward"), (mixing.ProductMerge, "backward"),
     (dense_merge.DenseMerge, "forward"), (dense_merge.DenseMerge, "backward"),
-    (mixing, "project"), (mixing, "project_backward"), (mixing, "weight_grad"), (mixing, "axis_apply"),
+    (mixing, "project"), (mixing, "project_backward"), (mixing, "transposed_matmul"), (mixing, "axis_apply"),
     (mixing, "axis_contract"),
     (mixing, "_per_image_apply"), (mixing, "_channels_last"), (mixing, "_bias_filled"),
     (mixing._QuerySide, "matrix"), (mixing._QuerySide, "add_image_grads"),
     (dense_merge, "project"), (dense_merge, "project_backward"), (dense_merge, "matmul"),
-    (dense_merge, "matmul_backward"),
+    (dense_merge, "matmul_backward"), (dense_merge, "transposed_matmul"),
+    (dense_merge, "transposed_matmul_backward"),
     (dense_merge, "keep_mask"), (dropout, "keep_mask"),
 )
 

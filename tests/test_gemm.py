@@ -34,7 +34,7 @@ def test_project_and_its_gradients(lead, c, o):
     rows = rows_g.shape[0]
     _check(grad_u, g.double() @ w.double(), g.double().abs() @ w.double().abs(), o)
     _check(grad_w, rows_g.t() @ rows_u, rows_g.abs().t() @ rows_u.abs(), rows)
-    _check(gemm.weight_grad(g, u, w), rows_g.t() @ rows_u, rows_g.abs().t() @ rows_u.abs(), rows)
+    _check(gemm.transposed_matmul(g, u), rows_g.t() @ rows_u, rows_g.abs().t() @ rows_u.abs(), rows)
     only_u, none_w = gemm.project_backward(g, u, w, need_weight=False)
     assert none_w is None and torch.equal(only_u, grad_u)
     assert gemm.project_backward(g, u, w, need_input=False, need_weight=False) == (None, None)
@@ -50,6 +50,26 @@ def test_matmul_and_its_gradients(m, d, s):
     _check(grad_b, a64.t() @ g64, a64.abs().t() @ g64.abs(), m)
     assert gemm.matmul_backward(g, a, b, need_a=False)[0] is None
     assert gemm.matmul_backward(g, a, b, need_b=False)[1] is None
+
+
+@pytest.mark.parametrize("lead,m,s", [((7,), 5, 3), ((1,), 4, 1), ((6,), 1, 2), ((2304,), 16, 24), ((4, 48), 12, 8)])
+def test_transposed_matmul_and_its_gradients(lead, m, s):
+    """a^T b over rows (an image's transposed attention matrix E and its values V: out = E^T V), and its
+    gradients b grad^T and a grad, every operand taken as channels-last rows."""
+    a, b, g = _randn(*lead, m, seed=9), _randn(*lead, s, seed=10), _randn(m, s, seed=11)
+    a64, b64, g64 = a.double().reshape(-1, m), b.double().reshape(-1, s), g.double()
+    rows = a64.shape[0]
+    _check(gemm.transposed_matmul(a, b), a64.t() @ b64, a64.abs().t() @ b64.abs(), rows)
+    grad_a, grad_b = gemm.transposed_matmul_backward(g, a, b)
+    assert grad_a.shape == a.shape and grad_b.shape == b.shape
+    _check(grad_a.reshape(rows, m), b64 @ g64.t(), b64.abs() @ g64.abs().t(), s)
+    _check(grad_b.reshape(rows, s), a64 @ g64, a64.abs() @ g64.abs(), m)
+    assert gemm.transposed_matmul_backward(g, a, b, need_a=False)[0] is None
+    assert gemm.transposed_matmul_backward(g, a, b, need_b=False)[1] is None
+    plain_a, plain_b = gemm.transposed_matmul_backward(g64, a64, b64)  # float64: the plain products
+    torch.testing.assert_close(plain_a, b64 @ g64.t())
+    torch.testing.assert_close(plain_b, a64 @ g64)
+    torch.testing.assert_close(gemm.transposed_matmul(a64, b64), a64.t() @ b64)
 
 
 def test_other_dtypes_take_the_plain_products():

@@ -10,19 +10,23 @@ with x_i (K, C) image i's tokens, W_h (O, C) head h's block of the merge and q t
 probability (`impl.dropout.keep_probability`). `DenseMerge` computes it as
 
     V = x W_all^T                     one GEMM over the whole batch, (B, K, H * O)
-    out_i = D_i V_i                   one product per image, (Q, K * H) by (K * H, O)
+    out_i = E_i^T V_i                 one product per image, (K * H, Q) by (K * H, O), over the rows
 
-V_i, image i's projected values read as (K * H, O), has row (k, h) = x_ik W_h^T; D_i holds all heads'
-matrices side by side in the same (k, h) order, so the sum over heads is the product's depth (2,304 for
-9 heads over 256 keys) and every product is large enough to run at the GEMM rate. The backward rebuilds
-D_i from P and the mask, takes the gradients of V_i and D_i from one more product per image, and x's and
-the merge's gradients from one call per chunk of images; V is saved instead of recomputed.
+V_i, image i's projected values read as (K * H, O), has row (k, h) = x_ik W_h^T; E_i (K * H, Q) holds all
+heads' transposed matrices in the same (k, h) row order (E_i[(k, h), q] = D_ih[q, k]), so the sum over
+heads is the product's depth (2,304 for 9 heads over 256 keys) and every product is large enough to run
+at the GEMM rate. E_i rather than D_i because both large operands are then rows (channels-last) for
+oneDNN in the forward and in the backward's two products, V_i g_i^T and E_i g_i: none is converted to
+oneDNN's blocked layout and back (`gemm` module docstring). The attention mask is drawn in the same
+(B, K, H, Q) order, so E_i is one product of contiguous tensors. The backward rebuilds E_i from P and the
+mask, takes the gradients of V_i and E_i per image, and x's and the merge's gradients from one call per
+chunk of images; V is saved instead of recomputed.
 
-Without dropout every image has the same D: the products are one call over the batch (one over each
-chunk in the backward, where D's gradient is summed by the call). Under dropout they run image by image
-through oneDNN (CPU float32: `gemm`), elsewhere (CUDA, float64) as batched matmuls over a chunk, whose
-dropped-out matrices (chunk, Q, K * H) are then held (the whole batch off the CPU). These are the same
-sums; verify/ checks each against the plain formula.
+Without dropout every image has the same matrix: the products are one call over the batch (one over
+each chunk in the backward, where its gradient is summed by the call). Under dropout they run image by
+image through oneDNN (CPU float32: `gemm`), elsewhere (CUDA, float64) as batched matmuls over a chunk,
+whose dropped-out matrices (chunk, K * H, Q) are then held (the whole batch off the CPU). These are the
+same sums; verify/ checks each against the plain formula.
 
 Measured against the per-head path this replaces (`mixing.PositionalMerge`: a projection and a
 256 x 256 by 256 x 400 product per head and image, recomputed for the weight gradient), docs/RESULTS.md.
@@ -33,7 +37,8 @@ from __future__ import annotations
 import torch
 
 from ..dropout import as_factor, keep_mask
-from .gemm import images_per_chunk, matmul, matmul_backward, onednn_gemm, project, project_backward
+from .gemm import (images_per_chunk, matmul, matmul_backward, onednn_gemm, project, project_backward, transposed_matmul,
+                   transposed_matmul_backward)
 
 # Images per chunk of the backward: its GEMMs over a chunk's tokens (the merge's weight gradient and x's
 # gradient) run at 300-350 GFLOP/s over one image of 256 tokens (9 heads x 400 outputs), 416 over eight
@@ -46,10 +51,10 @@ CHUNK_BYTES = 96 << 20
 def attention_keep_mask(batch: int, probs_shape, p: float, device: torch.device | str = "cpu",
                         generator: torch.Generator | None = None) -> torch.Tensor:
     """The attention-dropout mask of `mixing.positional_merge`: keep[b, h, q, k] (B, H, Q, K) bool, each
-    element kept with probability `keep_probability(p)`, independently; stored (B, Q, K, H), the layout
+    element kept with probability `keep_probability(p)`, independently; stored (B, K, H, Q), the layout
     `DenseMerge` reads (a permuted view)."""
     heads, queries, keys = probs_shape
-    return keep_mask((batch, queries, keys, heads), p, device, generator).permute(0, 3, 1, 2)
+    return keep_mask((batch, keys, heads, queries), p, device, generator).permute(0, 2, 3, 1)
 
 
 def heads_major(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -59,15 +64,15 @@ def heads_major(weight: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def _dropped(shared: torch.Tensor, keep: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Images start:stop's matrices (b, Q, K * H): shared (Q, K, H) times their masks (b, Q, K, H)."""
-    return torch.mul(shared, as_factor(keep[start:stop])).flatten(2)
+    """Images start:stop's matrices E (b, K * H, Q): shared (K, H, Q) times their masks (b, K, H, Q)."""
+    return torch.mul(shared, as_factor(keep[start:stop])).flatten(1, 2)
 
 
 class DenseMerge(torch.autograd.Function):
     """out (B, O, Q) = merge of the dense shared attention (module docstring).
 
-    x (B, C, K), any strides; weight (O, H * C); bias (O,) or None; keep None, or (B, Q, K, H) bool
-    (`attention_keep_mask(..).permute(0, 2, 3, 1)`: contiguous) with `scale` = 1 / q; probs (H, Q, K).
+    x (B, C, K), any strides; weight (O, H * C); bias (O,) or None; keep None, or (B, K, H, Q) bool
+    (`attention_keep_mask(..).permute(0, 3, 1, 2)`: contiguous) with `scale` = 1 / q; probs (H, Q, K).
     Returns a (B, O, Q) view of a (B, Q, O) tensor (channels-last, as the transformer's tokens).
     The mask is applied as a product (`impl.dropout.as_factor`): `where` would give the same for finite
     probabilities and gradients, at 5x the time here.
@@ -81,20 +86,21 @@ class DenseMerge(torch.autograd.Function):
         x_cl = x.transpose(1, 2).contiguous()                                   # (B, K, C)
         values = project(x_cl, heads_major(weight, heads))                       # (B, K, H * O)
         stacked = values.reshape(batch, keys * heads, out_dim)                   # V_i: rows (k, h)
-        shared = (probs * scale).permute(1, 2, 0).contiguous()                   # (Q, K, H)
+        shared = (probs * scale).permute(2, 0, 1).contiguous()                   # E without dropout: (K, H, Q)
         if keep is None:  # one matrix for every image: one call over the batch
-            out = matmul(shared.view(queries, keys * heads), stacked)
+            out = matmul(shared.view(keys * heads, queries).t(), stacked)
         elif onednn_gemm(values):
             out, dropped = x.new_empty(batch, queries, out_dim), torch.empty_like(shared)
             for i in range(batch):
                 matrix = torch.mul(shared, as_factor(keep[i]), out=dropped)
-                out[i] = matmul(matrix.view(queries, keys * heads), stacked[i])
+                out[i] = transposed_matmul(matrix.view(keys * heads, queries), stacked[i])
         else:
             out = x.new_empty(batch, queries, out_dim)
             chunk = images_per_chunk(batch, queries * keys * heads * x.element_size(), x.device, CHUNK_BYTES)
             for start in range(0, batch, chunk):
                 stop = min(batch, start + chunk)
-                torch.bmm(_dropped(shared, keep, start, stop), stacked[start:stop], out=out[start:stop])
+                torch.bmm(_dropped(shared, keep, start, stop).transpose(1, 2), stacked[start:stop],
+                          out=out[start:stop])
         if bias is not None:
             out += bias
         ctx.save_for_backward(x_cl, weight, keep, probs, values)
@@ -115,7 +121,7 @@ class DenseMerge(torch.autograd.Function):
         per_image = onednn_gemm(values)
         stacked = values.reshape(batch, keys * heads, out_dim)
         grad_cl = grad.transpose(1, 2).contiguous()                              # (B, Q, O)
-        shared = (probs * ctx.scale).permute(1, 2, 0).contiguous()               # (Q, K, H)
+        shared = (probs * ctx.scale).permute(2, 0, 1).contiguous()               # (K, H, Q)
         grad_shared = torch.zeros_like(shared) if need_p else None
         grad_x = x_cl.new_empty(batch, keys, channels) if need_x else None
         grad_w = x_cl.new_zeros(heads * out_dim, channels) if need_w else None
@@ -124,31 +130,31 @@ class DenseMerge(torch.autograd.Function):
         chunk = images_per_chunk(batch, per_image_elements * x_cl.element_size(), x_cl.device, CHUNK_BYTES)
         for start in range(0, batch, chunk):
             stop = min(batch, start + chunk)
-            if keep is None:  # one matrix for every image: one call over the chunk, P's gradient summed in it
+            if keep is None:  # one matrix for every image: one call over the chunk, its gradient summed in it
                 grad_matrix, grad_values = matmul_backward(
-                    grad_cl[start:stop], shared.view(queries, keys * heads), stacked[start:stop],
+                    grad_cl[start:stop], shared.view(keys * heads, queries).t(), stacked[start:stop],
                     need_a=need_p, need_b=need_values)
                 if need_values:
                     grad_values = grad_values.reshape(stop - start, keys, heads * out_dim)
                 if need_p:
-                    grad_shared += grad_matrix.reshape(shared.shape)
+                    grad_shared += grad_matrix.t().reshape(shared.shape)
             elif per_image:
                 grad_values = x_cl.new_empty(stop - start, keys, heads * out_dim) if need_values else None
                 for i in range(start, stop):
                     matrix = torch.mul(shared, as_factor(keep[i]), out=dropped)
-                    grad_matrix, grad_image_values = matmul_backward(
-                        grad_cl[i], matrix.view(queries, keys * heads), stacked[i],
+                    grad_matrix, grad_image_values = transposed_matmul_backward(
+                        grad_cl[i], matrix.view(keys * heads, queries), stacked[i],
                         need_a=need_p, need_b=need_values)
                     if need_values:
-                        grad_values[i - start] = grad_image_values.reshape(keys, heads * out_dim)
+                        grad_values[i - start] = grad_image_values.view(keys, heads * out_dim)
                     if need_p:
-                        grad_shared.addcmul_(grad_matrix.reshape(shared.shape), as_factor(keep[i]))
+                        grad_shared.addcmul_(grad_matrix.view(shared.shape), as_factor(keep[i]))
             else:
-                matrices = _dropped(shared, keep, start, stop)                  # (b, Q, K * H)
-                grad_values = torch.bmm(matrices.transpose(1, 2), grad_cl[start:stop]).view(
+                matrices = _dropped(shared, keep, start, stop)                  # (b, K * H, Q)
+                grad_values = torch.bmm(matrices, grad_cl[start:stop]).view(
                     stop - start, keys, heads * out_dim) if need_values else None
                 if need_p:
-                    grad_matrices = torch.bmm(grad_cl[start:stop], stacked[start:stop].transpose(1, 2))
+                    grad_matrices = torch.bmm(stacked[start:stop], grad_cl[start:stop].transpose(1, 2))
                     masked = torch.mul(grad_matrices.view(-1, *shared.shape), as_factor(keep[start:stop]))
                     grad_shared += masked.sum(0)
             if need_values:
@@ -160,7 +166,6 @@ class DenseMerge(torch.autograd.Function):
                     grad_w += grad_w_chunk
         grad_weight = grad_w.view(heads, out_dim, channels).transpose(0, 1).reshape(out_dim, heads * channels) \
             if need_w else None
-        grad_probs = (grad_shared * ctx.scale).permute(2, 0, 1).contiguous() if need_p else None
+        grad_probs = (grad_shared * ctx.scale).permute(1, 2, 0).contiguous() if need_p else None
         grad_bias = grad.sum((0, 2)) if need_b and ctx.has_bias else None
         return (None if grad_x is None else grad_x.transpose(1, 2), grad_weight, grad_bias, None, None, grad_probs)
-

@@ -6,11 +6,17 @@ products of float32 CPU tensors are written as 1x1 convolutions; anything else (
 precision) takes the plain torch op.
 
 - `project`: tokens (.., C) by a weight (O, C): u @ w.T, channels-last (an NHWC 1x1 convolution).
-- `weight_grad`, `project_backward`: the gradient of that weight, sum over rows of g^T y, and of the
-  tokens, g @ w (oneDNN's weight and data gradients).
+- `project_backward`: the gradients of that product wrt the weight, the sum over rows of g^T y, and wrt
+  the tokens, g @ w (oneDNN's weight and data gradients).
+- `transposed_matmul`: a^T b for a (rows, M) and b (rows, S), the sum over rows (oneDNN's weight gradient),
+  e.g. an image's transposed attention matrix and its values, contracted over the keys.
+- `matmul`: a (M, D) by b (D, S), both row-major (an NCHW 1x1 convolution whose weight is a).
 - `images_per_chunk`: how many images the fused paths' loops take at a time.
-- `matmul`: a (M, D) by b (D, S), both row-major, e.g. an image's attention matrix by its values (an NCHW
-  1x1 convolution whose weight is a).
+
+oneDNN runs channels-last (NHWC) operands as they are, but converts channels-first ones to its blocked
+layout and back (`ONEDNN_VERBOSE=1` shows it: 0.7 ms of an attention product's 2.7 ms backward), so the
+large operands are best channels-last rows: `project`, `project_backward` and `transposed_matmul` and its
+backward take them so; `matmul` cannot (it contracts over a row-major operand's columns).
 """
 
 from __future__ import annotations
@@ -64,10 +70,24 @@ def project(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) 
     return F.linear(u, w, bias)
 
 
-def weight_grad(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """g (..., O), y (..., C) with the same leading shape -> sum over rows of g^T y: (O, C), the gradient of
-    w (O, C) in `project(y, w)`."""
-    return project_backward(g, y, w, need_input=False)[1]
+def _rows(t: torch.Tensor, *, images: int | None = None) -> torch.Tensor:
+    """t (..., C) as a channels-last (n, C, w, 1) image batch of its rows, with n >= 16 and w > 1 where the
+    row count allows: torch then takes oneDNN's weight gradient even on one thread, and the layout is
+    unambiguous. `images`: n itself where it divides the rows (w = 64 by default: the projections' GEMMs;
+    an attention product over 2,304 rows runs 5-12% faster as 16 images of 144 than as 36 of 64)."""
+    count = math.prod(t.shape[:-1])
+    if images is not None and count % images == 0 and count // images > 1:
+        width = count // images
+    else:
+        width = next((w for w in (64, 32, 16, 8, 4, 2) if count % w == 0 and count // w >= 16), 1)
+    return t.reshape(count // width, width, 1, t.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _conv_backward(grad4, input4, weight, need_input: bool, need_weight: bool):
+    """oneDNN's data and weight gradients of a 1x1 convolution (no bias), weight (O, C) read as it is."""
+    return torch.ops.aten.convolution_backward(
+        grad4, input4, weight.contiguous()[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+        [need_input, need_weight, False])[:2]
 
 
 def project_backward(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor, *, need_input: bool = True,
@@ -77,22 +97,46 @@ def project_backward(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor, *, need_
     data-gradient call, w read as it is (no transposed copy)."""
     if not (need_input or need_weight):
         return None, None
-    if onednn_gemm(g) and g.dim() >= 3:
-        # rows as an (n, w, 1) channels-last image batch with n >= 16 and w > 1: torch then takes oneDNN's
-        # weight gradient even on one thread, and the layout is unambiguous.
-        count = math.prod(g.shape[:-1])
-        width = next((w for w in (64, 32, 16, 8, 4, 2) if count % w == 0 and count // w >= 16), 1)
-        rows = (count // width, width, 1)
-        g4 = g.reshape(*rows, g.shape[-1]).permute(0, 3, 1, 2)
-        y4 = y.reshape(*rows, y.shape[-1]).permute(0, 3, 1, 2)
-        w4 = w.contiguous()[:, :, None, None]
-        grad_y4, grad_w4, _ = torch.ops.aten.convolution_backward(
-            g4, y4, w4, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_input, need_weight, False])
+    if onednn_gemm(g) and g.dim() >= 2:
+        grad_y4, grad_w4 = _conv_backward(_rows(g), _rows(y), w, need_input, need_weight)
         grad_y = _from_nhwc(grad_y4, y.shape[:-1]) if need_input else None
         return grad_y, grad_w4.view(g.shape[-1], y.shape[-1]) if need_weight else None
     g2 = g.reshape(-1, g.shape[-1])
     grad_y = (g2 @ w).view(*y.shape[:-1], w.shape[1]) if need_input else None
     return grad_y, g2.t() @ y.reshape(-1, y.shape[-1]) if need_weight else None
+
+
+def transposed_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (..., M), b (..., S) with the same leading shape -> a^T b (M, S), the sum over rows of their outer
+    products, contiguous; not differentiable (the fused merges' own backward uses it). Through oneDNN on
+    CPU float32: the weight gradient of a 1x1 convolution of b's rows giving a's (the weight's value is
+    not read)."""
+    if onednn_gemm(b) and b.dim() >= 2:
+        weight = b.new_empty(a.shape[-1], b.shape[-1])
+        return _conv_backward(_rows(a, images=16), _rows(b, images=16), weight, False, True)[1].view(weight.shape)
+    return a.reshape(-1, a.shape[-1]).t() @ b.reshape(-1, b.shape[-1])
+
+
+def transposed_matmul_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, need_a: bool = True,
+                               need_b: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of `transposed_matmul(a, b)` for upstream grad (M, S): wrt a, b @ grad^T (..., M), and
+    wrt b, a @ grad (..., S), contiguous; None for those not needed. On oneDNN a 1x1 convolution of b's rows
+    by grad and the data gradient of one of a's rows by it: a and b stay channels-last rows, only grad (the
+    small operand) is converted."""
+    grad_a = grad_b = None
+    if onednn_gemm(grad) and b.dim() >= 2:
+        if need_a:
+            grad_a = _from_nhwc(torch.mkldnn_convolution(_rows(b, images=16), grad.contiguous()[:, :, None, None],
+                                                         None, [0, 0], [1, 1], [1, 1], 1), a.shape[:-1])
+        if need_b:
+            grad_b = _conv_backward(_rows(a, images=16), _rows(b, images=16), grad, True, False)[0]
+            grad_b = _from_nhwc(grad_b, b.shape[:-1])
+        return grad_a, grad_b
+    if need_a:
+        grad_a = b @ grad.t()
+    if need_b:
+        grad_b = a @ grad
+    return grad_a, grad_b
 
 
 def _images(t: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ..dropout import keep_probability
 from .dense_merge import DenseMerge, attention_keep_mask
-from .gemm import images_per_chunk, onednn_gemm, project, project_backward, weight_grad
+from .gemm import images_per_chunk, onednn_gemm, project, project_backward, transposed_matmul
 
 # Per-head tensors of a chunk of images are kept near this size per thread, so they stay in cache and are
 # re-used from the allocator's free lists instead of being faulted in afresh at every call. No cap on the
@@ -408,7 +408,7 @@ class ProductMerge(torch.autograd.Function):
             grad_u = None
             for r in range(n_rows):
                 if need_w:
-                    grad_w[r] += weight_grad(axis_apply(rows_t[r], g_cl, 0), u, w_rows[r])
+                    grad_w[r] += transposed_matmul(axis_apply(rows_t[r], g_cl, 0), u)
                 if not (need_q or need_u_grad):
                     continue
                 t = project(g_cl, w_rows_t[r])                                   # (b, Q0, Q1, Gk * C)
@@ -511,7 +511,7 @@ def positional_merge(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     probs = [query_probs.to(dtype), *(p.to(dtype) for p in key_probs)]
     bias = None if bias is None else bias.to(dtype)
     if dense_shared:
-        mask = None if keep is None else keep.permute(0, 2, 3, 1)  # its memory: (B, Q, K, H)
+        mask = None if keep is None else keep.permute(0, 3, 1, 2)  # its memory: (B, K, H, Q)
         return DenseMerge.apply(x, weight.to(dtype), bias, mask, scale, probs[0])
     table = product_groups(probs[0], probs[1:]) if sharing else None
     if table is not None:
