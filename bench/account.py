@@ -36,8 +36,7 @@ WRAPPED = (
     (mixing, "axis_contract"),
     (mixing, "_per_image_apply"), (mixing, "_channels_last"), (mixing, "_bias_filled"),
     (mixing._QuerySide, "matrix"), (mixing._QuerySide, "add_image_grads"),
-    (dense_merge, "project"), (dense_merge, "project_backward"), (dense_merge, "matmul"),
-    (dense_merge, "matmul_backward"), (dense_merge, "transposed_matmul"),
+    (dense_merge, "project"), (dense_merge, "project_backward"), (dense_merge, "transposed_matmul"),
     (dense_merge, "transposed_matmul_backward"),
     (dense_merge, "keep_mask"), (dropout, "keep_mask"),
 )

@@ -40,18 +40,6 @@ def test_project_and_its_gradients(lead, c, o):
     assert gemm.project_backward(g, u, w, need_input=False, need_weight=False) == (None, None)
 
 
-@pytest.mark.parametrize("m,d,s", [(5, 7, 3), (1, 4, 1), (3, 1, 6), (64, 96, 40)])
-def test_matmul_and_its_gradients(m, d, s):
-    a, b, g = _randn(m, d, seed=3), _randn(d, s, seed=4), _randn(m, s, seed=5)
-    a64, b64, g64 = a.double(), b.double(), g.double()
-    _check(gemm.matmul(a, b), a64 @ b64, a64.abs() @ b64.abs(), d)
-    grad_a, grad_b = gemm.matmul_backward(g, a, b)
-    _check(grad_a, g64 @ b64.t(), g64.abs() @ b64.abs().t(), s)
-    _check(grad_b, a64.t() @ g64, a64.abs().t() @ g64.abs(), m)
-    assert gemm.matmul_backward(g, a, b, need_a=False)[0] is None
-    assert gemm.matmul_backward(g, a, b, need_b=False)[1] is None
-
-
 @pytest.mark.parametrize("lead,m,s", [((7,), 5, 3), ((1,), 4, 1), ((6,), 1, 2), ((2304,), 16, 24), ((4, 48), 12, 8)])
 def test_transposed_matmul_and_its_gradients(lead, m, s):
     """a^T b over rows (an image's transposed attention matrix E and its values V: out = E^T V), and its
@@ -73,27 +61,13 @@ def test_transposed_matmul_and_its_gradients(lead, m, s):
 
 
 def test_other_dtypes_take_the_plain_products():
-    a, b = torch.randn(3, 4, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    a, b = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
     g = torch.randn(3, 5, dtype=torch.float64)
     assert not gemm.onednn_gemm(a)
-    assert torch.equal(gemm.matmul(a, b), a @ b)
-    grad_a, grad_b = gemm.matmul_backward(g, a, b)
-    assert torch.equal(grad_a, g @ b.t()) and torch.equal(grad_b, a.t() @ g)
+    assert torch.equal(gemm.transposed_matmul(a, b), a.t() @ b)
+    grad_a, grad_b = gemm.transposed_matmul_backward(g, a, b)
+    assert torch.equal(grad_a, b @ g.t()) and torch.equal(grad_b, a @ g)
     u, w = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
     gu = torch.randn(2, 3, 6, dtype=torch.float64)
     grad_u, grad_w = gemm.project_backward(gu, u, w)
     assert torch.allclose(grad_u, gu @ w) and torch.allclose(grad_w, gu.reshape(-1, 6).t() @ u.reshape(-1, 4))
-
-
-@pytest.mark.parametrize("n,m,d,s", [(3, 5, 7, 4), (1, 2, 3, 1), (4, 1, 6, 9)])
-def test_matmul_of_a_batch_and_its_gradients(n, m, d, s):
-    """One a for a batch of b (n, D, S): the products image by image, a's gradient summed over the batch."""
-    a, b, g = _randn(m, d, seed=6), _randn(n, d, s, seed=7), _randn(n, m, s, seed=8)
-    a64, b64, g64 = a.double(), b.double(), g.double()
-    _check(gemm.matmul(a, b), a64 @ b64, a64.abs() @ b64.abs(), d)
-    grad_a, grad_b = gemm.matmul_backward(g, a, b)
-    _check(grad_a, torch.einsum("nms,nds->md", g64, b64), torch.einsum("nms,nds->md", g64.abs(), b64.abs()), n * s)
-    _check(grad_b, a64.t() @ g64, a64.abs().t() @ g64.abs(), m)
-    plain_a, plain_b = gemm.matmul_backward(g.double(), a64, b64)  # float64: the plain products
-    torch.testing.assert_close(plain_a, torch.einsum("nms,nds->md", g64, b64))
-    torch.testing.assert_close(plain_b, a64.t() @ g64)

@@ -10,13 +10,12 @@ precision) takes the plain torch op.
   the tokens, g @ w (oneDNN's weight and data gradients).
 - `transposed_matmul`: a^T b for a (rows, M) and b (rows, S), the sum over rows (oneDNN's weight gradient),
   e.g. an image's transposed attention matrix and its values, contracted over the keys.
-- `matmul`: a (M, D) by b (D, S), both row-major (an NCHW 1x1 convolution whose weight is a).
 - `images_per_chunk`: how many images the fused paths' loops take at a time.
 
 oneDNN runs channels-last (NHWC) operands as they are, but converts channels-first ones to its blocked
 layout and back (`ONEDNN_VERBOSE=1` shows it: 0.7 ms of an attention product's 2.7 ms backward), so the
-large operands are best channels-last rows: `project`, `project_backward` and `transposed_matmul` and its
-backward take them so; `matmul` cannot (it contracts over a row-major operand's columns).
+large operands are best channels-last rows, as `project`, `project_backward`, `transposed_matmul` and its
+backward take them.
 """
 
 from __future__ import annotations
@@ -26,6 +25,11 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+
+# The transposed products' rows as this many images (`_rows`): an attention product over 2,304 rows runs
+# 5-12% faster as 16 images of 144 rows than as 36 of 64.
+_PRODUCT_IMAGES = 16
 
 
 def onednn_gemm(t: torch.Tensor) -> bool:
@@ -73,8 +77,7 @@ def project(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) 
 def _rows(t: torch.Tensor, *, images: int | None = None) -> torch.Tensor:
     """t (..., C) as a channels-last (n, C, w, 1) image batch of its rows, with n >= 16 and w > 1 where the
     row count allows: torch then takes oneDNN's weight gradient even on one thread, and the layout is
-    unambiguous. `images`: n itself where it divides the rows (w = 64 by default: the projections' GEMMs;
-    an attention product over 2,304 rows runs 5-12% faster as 16 images of 144 than as 36 of 64)."""
+    unambiguous. `images`: n itself where it divides the rows (else w = 64 or less, the projections')."""
     count = math.prod(t.shape[:-1])
     if images is not None and count % images == 0 and count // images > 1:
         width = count // images
@@ -113,7 +116,8 @@ def transposed_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     not read)."""
     if onednn_gemm(b) and b.dim() >= 2:
         weight = b.new_empty(a.shape[-1], b.shape[-1])
-        return _conv_backward(_rows(a, images=16), _rows(b, images=16), weight, False, True)[1].view(weight.shape)
+        a4, b4 = _rows(a, images=_PRODUCT_IMAGES), _rows(b, images=_PRODUCT_IMAGES)
+        return _conv_backward(a4, b4, weight, False, True)[1].view(weight.shape)
     return a.reshape(-1, a.shape[-1]).t() @ b.reshape(-1, b.shape[-1])
 
 
@@ -125,51 +129,16 @@ def transposed_matmul_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Ten
     small operand) is converted."""
     grad_a = grad_b = None
     if onednn_gemm(grad) and b.dim() >= 2:
+        a4, b4 = _rows(a, images=_PRODUCT_IMAGES), _rows(b, images=_PRODUCT_IMAGES)
         if need_a:
-            grad_a = _from_nhwc(torch.mkldnn_convolution(_rows(b, images=16), grad.contiguous()[:, :, None, None],
-                                                         None, [0, 0], [1, 1], [1, 1], 1), a.shape[:-1])
+            grad_a4 = torch.mkldnn_convolution(b4, grad.contiguous()[:, :, None, None], None, [0, 0], [1, 1],
+                                               [1, 1], 1)
+            grad_a = _from_nhwc(grad_a4, a.shape[:-1])
         if need_b:
-            grad_b = _conv_backward(_rows(a, images=16), _rows(b, images=16), grad, True, False)[0]
-            grad_b = _from_nhwc(grad_b, b.shape[:-1])
+            grad_b = _from_nhwc(_conv_backward(a4, b4, grad, True, False)[0], b.shape[:-1])
         return grad_a, grad_b
     if need_a:
         grad_a = b @ grad.t()
     if need_b:
         grad_b = a @ grad
     return grad_a, grad_b
-
-
-def _images(t: torch.Tensor) -> torch.Tensor:
-    """(D, S) or (n, D, S) -> an (n, D, S, 1) channels-first image batch (n = 1 for one matrix)."""
-    t = t.contiguous()
-    return t.view(-1, *t.shape[-2:], 1)
-
-
-def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a (M, D) @ b (D, S) -> (M, S), or for every matrix of b (n, D, S) -> (n, M, S); contiguous, not
-    differentiable (the fused merges' own backward uses it). Through oneDNN on CPU float32: b read as a
-    batch of channels-first (D, S) images, a as the weight."""
-    if onednn_gemm(b):
-        out = torch.mkldnn_convolution(_images(b), a.contiguous()[:, :, None, None], None, [0, 0], [1, 1],
-                                       [1, 1], 1)
-        return out.reshape(*b.shape[:-2], a.shape[0], b.shape[-1])
-    return torch.matmul(a, b)
-
-
-def matmul_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, need_a: bool = True,
-                    need_b: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The gradients of `matmul(a, b)` for upstream grad (M, S) (or (n, M, S)): wrt a, grad @ b^T (M, D),
-    summed over the n matrices, and wrt b, a^T @ grad (D, S) (or (n, D, S)); None for those not needed. On
-    oneDNN both from one call of the convolution's backward, with a and b read as they are (no transposed
-    copies)."""
-    if not (need_a or need_b):
-        return None, None
-    if onednn_gemm(grad):
-        grad_b4, grad_a4, _ = torch.ops.aten.convolution_backward(
-            _images(grad), _images(b), a.contiguous()[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False,
-            [0, 0], 1, [need_b, need_a, False])
-        return (grad_a4.reshape(a.shape) if need_a else None), (grad_b4.reshape(b.shape) if need_b else None)
-    grad_a = None
-    if need_a:
-        grad_a = grad @ b.t() if grad.dim() == 2 else torch.einsum("nms,nds->md", grad, b)
-    return grad_a, (torch.matmul(a.t(), grad) if need_b else None)
