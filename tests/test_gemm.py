@@ -60,11 +60,20 @@ def test_transposed_matmul_and_its_gradients(lead, m, s):
     torch.testing.assert_close(gemm.transposed_matmul(a64, b64), a64.t() @ b64)
 
 
+@pytest.mark.parametrize("n,m,d,s", [(3, 5, 7, 4), (1, 2, 3, 1), (4, 1, 6, 9)])
+def test_matmul_of_one_matrix_by_a_batch(n, m, d, s):
+    """One a (M, D) by every matrix of b (n, D, S): a shared attention matrix by each image's values."""
+    a, b = _randn(m, d, seed=6), _randn(n, d, s, seed=7)
+    _check(gemm.matmul(a, b), a.double() @ b.double(), a.double().abs() @ b.double().abs(), d)
+    _check(gemm.matmul(a.t().contiguous().t(), b), a.double() @ b.double(), a.double().abs() @ b.double().abs(), d)
+
+
 def test_other_dtypes_take_the_plain_products():
     a, b = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
     g = torch.randn(3, 5, dtype=torch.float64)
     assert not gemm.onednn_gemm(a)
     assert torch.equal(gemm.transposed_matmul(a, b), a.t() @ b)
+    assert torch.equal(gemm.matmul(a.t(), b[None]), (a.t() @ b)[None])
     grad_a, grad_b = gemm.transposed_matmul_backward(g, a, b)
     assert torch.equal(grad_a, b @ g.t()) and torch.equal(grad_b, a @ g)
     u, w = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)

@@ -22,11 +22,12 @@ oneDNN's blocked layout and back (`gemm` module docstring). The attention mask i
 mask, takes the gradients of V_i and E_i per image, and x's and the merge's gradients from one call per
 chunk of images; V is saved instead of recomputed.
 
-Without dropout every image has the same matrix E = P^T. The products run image by image through oneDNN
-(CPU float32: `gemm`; without dropout too: 6% faster than one channels-first call over the batch, which
-oneDNN converts to its blocked layout and back), elsewhere (CUDA, float64) as batched matmuls over a
-chunk, whose dropped-out matrices (chunk, K * H, Q) are then held (the whole batch off the CPU). These
-are the same sums; verify/ checks each against the plain formula.
+Without dropout every image has the same matrix E = P^T: the forward is one call over the batch
+(`gemm.matmul`, D = E^T by every V_i: 5% faster than image by image, though oneDNN converts the values
+to its blocked layout and back); the backward runs image by image as under dropout (as fast as one call
+over each chunk). The products run image by image through oneDNN (CPU float32: `gemm`), elsewhere (CUDA,
+float64) as batched matmuls over a chunk, whose dropped-out matrices (chunk, K * H, Q) are then held (the
+whole batch off the CPU). These are the same sums; verify/ checks each against the plain formula.
 
 Measured against the per-head path this replaces (`mixing.PositionalMerge`: a projection and a
 256 x 256 by 256 x 400 product per head and image, recomputed for the weight gradient), docs/RESULTS.md.
@@ -37,7 +38,7 @@ from __future__ import annotations
 import torch
 
 from ..dropout import as_factor, keep_mask
-from .gemm import (images_per_chunk, onednn_gemm, project, project_backward, transposed_matmul,
+from .gemm import (images_per_chunk, matmul, onednn_gemm, project, project_backward, transposed_matmul,
                    transposed_matmul_backward)
 
 # Images per chunk of the backward: its GEMMs over a chunk's tokens (the merge's weight gradient and x's
@@ -90,13 +91,15 @@ class DenseMerge(torch.autograd.Function):
         values = project(x_cl, heads_major(weight, heads))                       # (B, K, H * O)
         stacked = values.reshape(batch, keys * heads, out_dim)                   # V_i: rows (k, h)
         shared = (probs * scale).permute(2, 0, 1).contiguous()                   # E without dropout: (K, H, Q)
-        out = x.new_empty(batch, queries, out_dim)
-        if onednn_gemm(values):
-            dropped = None if keep is None else torch.empty_like(shared)
+        if keep is None:  # one matrix for every image: one call over the batch
+            out = matmul(shared.view(keys * heads, queries).t(), stacked)
+        elif onednn_gemm(values):
+            out, dropped = x.new_empty(batch, queries, out_dim), torch.empty_like(shared)
             for i in range(batch):
-                matrix = shared if keep is None else torch.mul(shared, as_factor(keep[i]), out=dropped)
+                matrix = torch.mul(shared, as_factor(keep[i]), out=dropped)
                 out[i] = transposed_matmul(matrix.view(keys * heads, queries), stacked[i])
         else:
+            out = x.new_empty(batch, queries, out_dim)
             chunk = images_per_chunk(batch, queries * keys * heads * x.element_size(), x.device, CHUNK_BYTES)
             for start in range(0, batch, chunk):
                 stop = min(batch, start + chunk)

@@ -10,6 +10,8 @@ precision) takes the plain torch op.
   the tokens, g @ w (oneDNN's weight and data gradients).
 - `transposed_matmul`: a^T b for a (rows, M) and b (rows, S), the sum over rows (oneDNN's weight gradient),
   e.g. an image's transposed attention matrix and its values, contracted over the keys.
+- `matmul`: one a (M, D) by a batch of b (n, D, S), channels-first (a shared attention matrix by every
+  image's values, in one call).
 - `images_per_chunk`: how many images the fused paths' loops take at a time.
 
 oneDNN runs channels-last (NHWC) operands as they are, but converts channels-first ones to its blocked
@@ -142,3 +144,14 @@ def transposed_matmul_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Ten
     if need_b:
         grad_b = a @ grad
     return grad_a, grad_b
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (M, D) @ b (n, D, S) -> (n, M, S), one a for every matrix of b; contiguous, not differentiable.
+    Through oneDNN on CPU float32: b read as a batch of channels-first (D, S) images, a as the weight (one
+    call over the batch, b converted to oneDNN's blocked layout and back)."""
+    if onednn_gemm(b):
+        out = torch.mkldnn_convolution(b.contiguous()[..., None], a.contiguous()[:, :, None, None], None,
+                                       [0, 0], [1, 1], [1, 1], 1)
+        return out.view(b.shape[0], a.shape[0], b.shape[-1])
+    return torch.matmul(a, b)
