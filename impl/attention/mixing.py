@@ -55,10 +55,12 @@ from .gemm import images_per_chunk, onednn_gemm, project, project_backward, tran
 # 1.62 x the convolution with one thread (docs/RESULTS.md).
 CHUNK_BYTES = 2 << 20
 # `ProductMerge` holds fewer, wider tensors (a row group's heads side by side, each re-read by the next
-# pass) and sizes its chunks by the widest: with one thread two images at 16x16, one at 32x32 (1.52 and
-# 1.48 x the convolution, against 1.59 and 1.59 with four-image chunks, docs/RESULTS.md); with two, four
-# and one.
-PRODUCT_CHUNK_BYTES = 3 << 20
+# pass) and sizes its chunks by the widest: with two threads the whole batch of 16 at 16x16 and four
+# images at 32x32, one thread eight and two. Larger chunks mean fewer, larger GEMMs (each call converts
+# its weight to oneDNN's layout); since freed memory is kept for re-use (`impl.allocator`) they no longer
+# pay page faults: 1.43 and 1.55 x the convolution with two threads, against 1.57 and 1.82 with 3 MB a
+# thread (docs/RESULTS.md).
+PRODUCT_CHUNK_BYTES = 12 << 20
 
 
 # -- the plain per-head averages -----------------------------------------------------------------------
