@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: the bud
 def test_chunks_of_the_issue_shape():
     # ProductMerge's widest tensor for a converted 3x3 conv: tokens x 3 column groups x 400 channels;
     # PositionalMerge's: tokens x 400 channels of one head; float32
-    for side, product, per_head in ((16, 2, 4), (32, 1, 1)):
+    for side, product, per_head in ((16, 8, 4), (32, 2, 1)):
         assert mixing._chunk(16, side * side * 3 * 400, 4, CPU, mixing.PRODUCT_CHUNK_BYTES) == product
         assert mixing._chunk(16, side * side * 400, 4, CPU, mixing.CHUNK_BYTES) == per_head
 
@@ -28,10 +28,10 @@ def test_chunks_are_balanced_and_within_the_budget():
 
 
 def test_the_budget_is_per_thread():
-    per_image = 32 * 32 * 3 * 400  # 4.9 MB in float32: one image per chunk with one thread or two
-    assert mixing._chunk(16, per_image // 4, 4, CPU, mixing.PRODUCT_CHUNK_BYTES) == 2
+    per_image = 32 * 32 * 3 * 400  # 4.9 MB in float32: two images per chunk with one thread, four with two
+    assert mixing._chunk(16, per_image, 4, CPU, mixing.PRODUCT_CHUNK_BYTES) == 2
     torch.set_num_threads(2)
-    assert mixing._chunk(16, per_image // 4, 4, CPU, mixing.PRODUCT_CHUNK_BYTES) == 4
+    assert mixing._chunk(16, per_image, 4, CPU, mixing.PRODUCT_CHUNK_BYTES) == 4
 
 
 def test_no_chunks_off_the_cpu():
