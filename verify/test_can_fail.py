@@ -187,3 +187,29 @@ def test_a_backward_off_by_a_thousandth_is_caught(case: LayerCase, seed: int):
     with mock.patch.object(mixing.PositionalMerge, "backward", skewed(mixing.PositionalMerge.backward)), \
             mock.patch.object(DenseMerge, "backward", skewed(DenseMerge.backward)):
         _rejects(checks.fast_path_gradients, "fast-paths", layer, x, upstream, case.describe(), "")
+
+
+@SMALL
+@given(case=strategies.converted_cases(), seed=strategies.seeds())
+def test_a_fixed_encoding_backward_off_by_a_thousandth_is_caught(case, seed: int):
+    """`ProductMerge`'s backward for a frozen encoding (`mixing._fixed_probs_backward`), x's and the merge's
+    gradients scaled by 1.001: the gradient check must notice."""
+    layer, x = case.build()
+    layer.train()
+    layer.encoding.requires_grad_(False)
+    upstream = torch.randn(layer(x).shape, generator=torch.Generator().manual_seed(seed),
+                           dtype=torch.float64).to(x.dtype)
+    original = mixing._fixed_probs_backward
+    calls = []
+
+    def skewed(*args):
+        original(*args)
+        calls.append(args)
+        for grad in args[-2:]:  # grad_x, grad_w, filled in place
+            if grad is not None:
+                grad.mul_(1.001)
+
+    with mock.patch.object(mixing, "_fixed_probs_backward", skewed):
+        (layer(x.detach().requires_grad_(True)) * upstream).sum().backward()
+        assume(calls)  # the layer took ProductMerge (not, e.g., a hard or a one-head layer)
+        _rejects(checks.fast_path_gradients, "fast-paths", layer, x, upstream, case.describe(), "")

@@ -27,7 +27,7 @@ from unittest import mock
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from impl.attention import dense_merge, mixing
@@ -104,10 +104,12 @@ def _run(fn, layer, x, upstream) -> dict:
     return {"out": out.detach(), "grads": grads}
 
 
-def _compare(case: LayerCase, fn, name: str) -> None:
-    """fn(layer, x) against the dense path: output and every gradient, two computations' rounding."""
+def _compare(case: LayerCase, fn, name: str, *, fixed_encoding: bool = False) -> None:
+    """fn(layer, x) against the dense path: output and every gradient, two computations' rounding;
+    `fixed_encoding`: the encoding's parameters frozen (no gradient on either side)."""
     __tracebackhide__ = True
     layer, x = case.build()
+    layer.encoding.requires_grad_(not fixed_encoding)
     ref = reference.attention(layer, x)
     generator = torch.Generator().manual_seed(case.seed + 7)
     upstream = torch.randn(ref.output.shape, generator=generator, dtype=torch.float64).to(x.dtype)
@@ -361,6 +363,78 @@ def test_product_merge_equals_dense_path(case: ConvertedCase):
         "a converted convolution's heads must share their per-axis matrices"
     with one_image_chunks():
         _compare(case, lambda layer, x: layer(x), "ProductMerge")
+
+
+@pytest.mark.statement(STATEMENT)
+@examples(0.4)
+@given(case=strategies.converted_cases())
+def test_product_merge_with_a_fixed_encoding_equals_dense_path(case: ConvertedCase):
+    """A converted convolution with its encoding frozen (`layer.encoding.requires_grad_(False)`: the merge
+    alone fine-tuned): `ProductMerge`'s backward takes every row group at once (`_fixed_probs_backward`)."""
+    with one_image_chunks():
+        _compare(case, lambda layer, x: layer(x), "ProductMerge, fixed encoding", fixed_encoding=True)
+
+
+@pytest.mark.statement(STATEMENT)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("fixed", [False, True], ids=["probabilities-trained", "probabilities-fixed"])
+@examples(0.3)
+@given(batch=st.integers(1, 2), row_groups=st.integers(1, 3), col_groups=st.integers(1, 3),
+       channels=st.integers(1, 4), out_dim=st.integers(1, 4), sizes=st.tuples(*[st.integers(1, 5)] * 4),
+       bias=st.booleans(), seed=strategies.seeds())
+def test_shared_matrices_equal_plain_path(dtype, fixed, batch, row_groups, col_groups, channels, out_dim, sizes,
+                                          bias, seed):
+    """`ProductMerge` (heads that share their per-axis matrices: every pair of Gq row and Gk column
+    matrices once) on separable probabilities, with the probabilities' gradients or without them (fixed
+    encodings: `_fixed_probs_backward`). Output and gradients equal mix_separable + merge_heads in float64
+    on the same inputs within twice gamma_n (of the path's dtype) of the sums of |terms|, n bounding every
+    chain of sums. In float32 on CPU the GEMMs go through oneDNN."""
+    assume(row_groups * col_groups >= 2)  # one head shares nothing: not a ProductMerge case
+    q0, k0, q1, k1 = sizes
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.rand(row_groups, q0, k0, generator=g, dtype=torch.float64)
+    cols = torch.rand(col_groups, q1, k1, generator=g, dtype=torch.float64)
+    pairs = [(r, c) for r in range(row_groups) for c in range(col_groups)]
+    order = torch.randperm(len(pairs), generator=g).tolist()               # heads in any order of the pairs
+    query_probs = torch.stack([rows[pairs[i][0]] for i in order])
+    key_probs = torch.stack([cols[pairs[i][1]] for i in order])
+    heads = len(pairs)
+    x = torch.randn(batch, channels, k0, k1, generator=g, dtype=torch.float64)
+    weight = torch.randn(out_dim, heads * channels, generator=g, dtype=torch.float64)
+    b = torch.randn(out_dim, generator=g, dtype=torch.float64) if bias else None
+    upstream = torch.randn(batch, out_dim, q0, q1, generator=g, dtype=torch.float64)
+
+    def plain(x, weight, b, query_probs, key_probs):
+        return mixing.merge_heads(mixing.mix_separable(x, [query_probs, key_probs]), weight, b)
+
+    def run(fn, x, weight, b, query_probs, key_probs, upstream):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight)]
+        probs = [t.detach().clone().requires_grad_(not fixed) for t in (query_probs, key_probs)]
+        b_leaf = None if b is None else b.detach().clone().requires_grad_(True)
+        out = fn(leaves[0], leaves[1], b_leaf, *probs)
+        (out * upstream).sum().backward()
+        grads = [t.grad for t in leaves + ([] if fixed else probs)]
+        return [out.detach()] + grads + ([] if b_leaf is None else [b_leaf.grad])
+
+    path_dtype = getattr(torch, dtype)
+    x, weight, query_probs, key_probs, upstream = (t.to(path_dtype).double()
+                                                   for t in (x, weight, query_probs, key_probs, upstream))
+    b = None if b is None else b.to(path_dtype).double()
+    assert mixing.product_groups(query_probs, [key_probs]) is not None
+    with one_image_chunks():
+        fast = run(lambda x, w, b, qp, kp: mixing.positional_merge(x, w, b, qp, [kp], fused=True),
+                   *(None if t is None else t.to(path_dtype) for t in (x, weight, b, query_probs, key_probs,
+                                                                       upstream)))
+    exact = run(plain, x, weight, b, query_probs, key_probs, upstream)
+    absolute = run(plain, x.abs(), weight.abs(), None if b is None else b.abs(), query_probs, key_probs,
+                   upstream.abs())
+    n = (batch + heads * (channels + out_dim)) * (q0 + k0) * (q1 + k1)
+    names = ["output", "d/dx", "d/dW"] + ([] if fixed else ["d/dquery_probs", "d/dkey_probs"]) + ["d/db"]
+    assert len(fast) == len(names[:len(fast)]) == len(exact)
+    checks = [(f"max|ProductMerge - plain| ({name})", (f.double() - e).abs(), 2 * tolerances.gamma(n, path_dtype) * a)
+              for name, f, e, a in zip(names, fast, exact, absolute)]
+    assert_all_within(STATEMENT, checks, f"shared matrices, {dtype}, fixed={fixed}, B={batch}, Gq={row_groups}, "
+                      f"Gk={col_groups}, C={channels}, O={out_dim}, sizes={sizes}, bias={bias}", "")
 
 
 def test_product_groups_finds_the_shared_matrices():

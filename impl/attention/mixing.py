@@ -393,45 +393,48 @@ class ProductMerge(torch.autograd.Function):
         stacked_t = stacked.t().contiguous()                                     # (K1, Q1 * Gk)
         blocks = weight.view(out_dim, -1, channels)
         w_rows = [blocks[:, table[r]].reshape(out_dim, n_cols * channels) for r in range(n_rows)]
-        w_rows_t = [w.t().contiguous() for w in w_rows]
         grad_x = torch.empty_like(x) if need_x else None
-        grad_w = [x.new_zeros(out_dim, n_cols * channels) for _ in range(n_rows)] if need_w else None
-        # per row group, summed over images (and for the rows over Q1) only at the end: (Q1 * Gk, Q0, K0)
-        # and (Q1 * Gk, K1), the row (q1, k) belonging to head table[r, k]
-        acc_q = [x.new_zeros(q1 * n_cols, q0, k0) for _ in range(n_rows)] if need_q else None
-        acc_k = [x.new_zeros(q1 * n_cols, k1) for _ in range(n_rows)] if need_k else None
-        need_u_grad = need_x or need_k
-        for start in range(0, batch, ctx.chunk):
-            stop = min(batch, start + ctx.chunk)
-            b = stop - start
-            g_cl = _channels_last(grad[start:stop])                              # (b, Q0, Q1, O)
-            x_cl = _channels_last(x[start:stop])                                 # (b, K0, K1, C)
-            u = axis_apply(stacked, x_cl, 1).view(b, k0, q1, n_cols * channels)
-            grad_u = None
-            for r in range(n_rows):
-                if need_w:
-                    grad_w[r] += transposed_matmul(axis_apply(rows_t[r], g_cl, 0), u)
-                if not (need_q or need_u_grad):
-                    continue
-                t = project(g_cl, w_rows_t[r])                                   # (b, Q0, Q1, Gk * C)
-                if need_q:  # per head: sum over images, Q1 and channels of t_h[q0] u_h[k0]
-                    # image by image, (Q1, Gk) as the batch of strided (Q0, C) x (C, K0) products: no copies
-                    t4 = t.view(b, q0, q1 * n_cols, channels).transpose(1, 2)
-                    u4 = u.view(b, k0, q1 * n_cols, channels).transpose(1, 2)
-                    for i in range(b):
-                        acc_q[r].baddbmm_(t4[i], u4[i].transpose(1, 2))
-                if not need_u_grad:
-                    continue
-                grad_u_r = axis_apply(rows_t[r], t, 0)                           # (b, K0, Q1, Gk * C)
-                if need_k:  # per head: sum over images, K0 and channels of grad_u_h[q1] x[k1]
-                    mixed = torch.bmm(grad_u_r.view(b * k0, q1 * n_cols, channels),
-                                      x_cl.view(b * k0, k1, channels).transpose(1, 2))
-                    acc_k[r] += mixed.sum(0)
+        grad_w = x.new_zeros(n_rows, out_dim, n_cols * channels) if need_w else None
+        if not (need_q or need_k):  # fixed encodings: every row group at once (`_fixed_probs_backward`)
+            _fixed_probs_backward(grad, x, rows_t, stacked, stacked_t, w_rows, ctx.chunk, grad_x, grad_w)
+        else:
+            w_rows_t = [w.t().contiguous() for w in w_rows]
+            # per row group, summed over images (and for the rows over Q1) only at the end: (Q1 * Gk, Q0, K0)
+            # and (Q1 * Gk, K1), the row (q1, k) belonging to head table[r, k]
+            acc_q = [x.new_zeros(q1 * n_cols, q0, k0) for _ in range(n_rows)] if need_q else None
+            acc_k = [x.new_zeros(q1 * n_cols, k1) for _ in range(n_rows)] if need_k else None
+            need_u_grad = need_x or need_k
+            for start in range(0, batch, ctx.chunk):
+                stop = min(batch, start + ctx.chunk)
+                b = stop - start
+                g_cl = _channels_last(grad[start:stop])                              # (b, Q0, Q1, O)
+                x_cl = _channels_last(x[start:stop])                                 # (b, K0, K1, C)
+                u = axis_apply(stacked, x_cl, 1).view(b, k0, q1, n_cols * channels)
+                grad_u = None
+                for r in range(n_rows):
+                    if need_w:
+                        grad_w[r] += transposed_matmul(axis_apply(rows_t[r], g_cl, 0), u)
+                    if not (need_q or need_u_grad):
+                        continue
+                    t = project(g_cl, w_rows_t[r])                                   # (b, Q0, Q1, Gk * C)
+                    if need_q:  # per head: sum over images, Q1 and channels of t_h[q0] u_h[k0]
+                        # image by image, (Q1, Gk) as the batch of strided (Q0, C) x (C, K0) products: no copies
+                        t4 = t.reshape(b, q0, q1 * n_cols, channels).transpose(1, 2)  # (a view)
+                        u4 = u.view(b, k0, q1 * n_cols, channels).transpose(1, 2)
+                        for i in range(b):
+                            acc_q[r].baddbmm_(t4[i], u4[i].transpose(1, 2))
+                    if not need_u_grad:
+                        continue
+                    grad_u_r = axis_apply(rows_t[r], t, 0)                           # (b, K0, Q1, Gk * C)
+                    if need_k:  # per head: sum over images, K0 and channels of grad_u_h[q1] x[k1]
+                        mixed = torch.bmm(grad_u_r.view(b * k0, q1 * n_cols, channels),
+                                          x_cl.view(b * k0, k1, channels).transpose(1, 2))
+                        acc_k[r] += mixed.sum(0)
+                    if need_x:
+                        grad_u = grad_u_r if grad_u is None else grad_u.add_(grad_u_r)
                 if need_x:
-                    grad_u = grad_u_r if grad_u is None else grad_u.add_(grad_u_r)
-            if need_x:
-                gx = axis_apply(stacked_t, grad_u.view(b, k0, q1 * n_cols, channels), 1)   # (b, K0, K1, C)
-                grad_x[start:stop] = gx.movedim(-1, 1)
+                    gx = axis_apply(stacked_t, grad_u.reshape(b, k0, q1 * n_cols, channels), 1)  # (b, K0, K1, C)
+                    grad_x[start:stop] = gx.movedim(-1, 1)
         grad_weight = None
         if need_w:
             grad_weight = torch.zeros_like(weight).view(out_dim, -1, channels)
@@ -449,6 +452,34 @@ class ProductMerge(torch.autograd.Function):
                 grad_k[table[r]] = acc_k[r].view(q1, n_cols, k1).transpose(0, 1)
         grad_bias = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
         return grad_x, grad_weight, grad_bias, grad_q, grad_k, None
+
+
+def _fixed_probs_backward(grad, x, rows_t, stacked, stacked_t, w_rows, chunk, grad_x, grad_w) -> None:
+    """`ProductMerge`'s backward when the probabilities need no gradient (fixed encodings): x's gradient
+    into grad_x and the merge blocks' into grad_w (Gq, O, Gk * C), or None for those not needed.
+
+    Without the per-head gradients of the matrices, the row groups need no per-group tensors: with
+    gm = [R_1^T g | .. | R_Gq^T g] (every group's row-side mix of g, side by side in the channels),
+    W's gradient is gm^T u in one GEMM and u's gradient gm [W_1; ..; W_Gq] in another (the FLOPs of the
+    per-group products they replace, without their 3 x 1,200-wide row-side passes and sums)."""
+    batch, channels, k0, k1 = x.shape
+    n_rows, (out_dim, group_width) = rows_t.shape[0], w_rows[0].shape
+    q1 = stacked.shape[0] // (group_width // channels)
+    w_all = torch.cat(w_rows, 0)                                                 # (Gq * O, Gk * C)
+    rows_all = rows_t.reshape(-1, rows_t.shape[-1])                              # (Gq * K0, Q0)
+    for start in range(0, batch, chunk):
+        stop = min(batch, start + chunk)
+        b = stop - start
+        g_cl = _channels_last(grad[start:stop])                                  # (b, Q0, Q1, O)
+        mixed = axis_apply(rows_all, g_cl, 0)                                    # (b, Gq * K0, Q1, O)
+        gm = mixed.view(b, n_rows, k0, q1, out_dim).permute(0, 2, 3, 1, 4).reshape(b, k0, q1, -1)
+        if grad_w is not None:
+            u = axis_apply(stacked, _channels_last(x[start:stop]), 1).view(b, k0, q1, group_width)
+            grad_w += transposed_matmul(gm, u).view(grad_w.shape)
+        if grad_x is not None:
+            grad_u = project(gm, w_all.t())                                      # (b, K0, Q1, Gk * C)
+            gx = axis_apply(stacked_t, grad_u.reshape(b, k0, -1, channels), 1)   # (b, K0, K1, C)
+            grad_x[start:stop] = gx.movedim(-1, 1)
 
 
 def positional_merge_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
