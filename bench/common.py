@@ -41,6 +41,7 @@ LAYER_BATCH = {"cpu": 16, "cuda": 100}
 LAYER_PATHS = (
     "conv",                  # nn.Conv2d(400, 400, 3, padding=1): the baseline
     "separable-quadratic",   # conv_to_attention(conv, alpha=4): separable quadratic heads (fused positional path)
+    "fixed-encoding",        # the same with its encoding frozen (the merge alone trained): no probability gradients
     "hard-limit",            # conv_to_attention(conv, alpha=inf): shifts, run as the convolution they are
     "generalized-encoding",  # generalized quadratic heads: one dense (H, N, N) matrix (fused positional path)
     "learned",               # learned relative heads, no content: separable
@@ -152,8 +153,9 @@ def _cpu_layer(path: str, size: int, channels: int, heads: int) -> nn.Module:
     _seeded(SEED + 1)
     if path == "conv":
         return conv
-    if path in ("separable-quadratic", "dense-reference"):
+    if path in ("separable-quadratic", "fixed-encoding", "dense-reference"):
         layer = conv_to_attention(conv, alpha=ALPHA)
+        layer.encoding.requires_grad_(path != "fixed-encoding")
         return DenseReference(layer) if path == "dense-reference" else layer
     if path == "hard-limit":
         return conv_to_attention(conv, alpha=math.inf)
