@@ -475,7 +475,7 @@ def _fixed_probs_backward(grad, x, rows_t, stacked, stacked_t, w_rows, chunk, gr
         gm = mixed.view(b, n_rows, k0, q1, out_dim).permute(0, 2, 3, 1, 4).reshape(b, k0, q1, -1)
         if grad_w is not None:
             u = axis_apply(stacked, _channels_last(x[start:stop]), 1).view(b, k0, q1, group_width)
-            grad_w += transposed_matmul(gm, u).view(grad_w.shape)
+            grad_w += transposed_matmul(gm, u).reshape(grad_w.shape)
         if grad_x is not None:
             grad_u = project(gm, w_all.t())                                      # (b, K0, Q1, Gk * C)
             gx = axis_apply(stacked_t, grad_u.reshape(b, k0, -1, channels), 1)   # (b, K0, K1, C)
