@@ -42,7 +42,7 @@ for phase in "$@"; do
     tests)
       timeout 540 "$PYTHON" -m pytest -q -x -p no:cacheprovider -n 8 tests verify >>"$log" 2>&1 ;;
     layers)
-      paths=separable-quadratic,hard-limit,learned,learned-content,dense-reference,content-reference
+      paths=separable-quadratic,fixed-encoding,hard-limit,learned,learned-content,dense-reference,content-reference
       for precision in float32 bf16-autocast; do
         timeout 270 "$PYTHON" -m bench.ratios --device cuda --precision "$precision" --paths "$paths" \
           --rounds 3 --min-run-time 0.3 >>"$log" 2>&1
