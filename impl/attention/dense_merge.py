@@ -44,7 +44,7 @@ from .gemm import (images_per_chunk, matmul, onednn_gemm, project, project_backw
 # Images per chunk of the backward: its GEMMs over a chunk's tokens (the merge's weight gradient and x's
 # gradient) run at 300-350 GFLOP/s over one image of 256 tokens (9 heads x 400 outputs), 416 over eight
 # and 438 over 25; the chunk's value gradient (tokens x heads x outputs) is kept within this size (25 such
-# images: sa_quadratic's batch-100 step takes 0.97 of the time it takes with 32 MB, and 0.98 of the time
+# images: sa_quadratic's batch-100 step takes 0.98 of the time it takes with 32 MB, and 0.98 of the time
 # with the whole batch at once, docs/RESULTS.md).
 CHUNK_BYTES = 96 << 20
 

@@ -15,7 +15,8 @@ precision) takes the plain torch op.
 - `images_per_chunk`: how many images the fused paths' loops take at a time.
 
 oneDNN runs channels-last (NHWC) operands as they are, but converts channels-first ones to its blocked
-layout and back (`ONEDNN_VERBOSE=1` shows it: 0.7 ms of an attention product's 2.7 ms backward), so the
+layout and back (`ONEDNN_VERBOSE=1` shows it: converting an attention product's (2,304, 400) gradient
+back alone took 0.7 ms, against 0.9-1.7 ms for each of its backward's two products), so the
 large operands are best channels-last rows, as `project`, `project_backward`, `transposed_matmul` and its
 backward take them.
 """

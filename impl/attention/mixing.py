@@ -414,8 +414,6 @@ class ProductMerge(torch.autograd.Function):
                 for r in range(n_rows):
                     if need_w:
                         grad_w[r] += transposed_matmul(axis_apply(rows_t[r], g_cl, 0), u)
-                    if not (need_q or need_u_grad):
-                        continue
                     t = project(g_cl, w_rows_t[r])                                   # (b, Q0, Q1, Gk * C)
                     if need_q:  # per head: sum over images, Q1 and channels of t_h[q0] u_h[k0]
                         # image by image, (Q1, Gk) as the batch of strided (Q0, C) x (C, K0) products: no copies
