@@ -23,14 +23,14 @@ if [[ -n "${MACHINE:-}" ]]; then
     MACHINE_ARGS=(--machine "$MACHINE")
 fi
 
-if ! "$PYTHON" -c "import asv, torch" 2>/dev/null; then
-    echo "error: $PYTHON cannot import asv and torch; set PYTHON to the environment's interpreter" >&2
-    exit 2
-fi
-
 mapfile -t COMMITS < <(git -C "$ROOT" rev-list --reverse "$RANGE")
 if [[ ${#COMMITS[@]} -eq 0 ]]; then
     echo "error: no commits in range '$RANGE'" >&2
+    exit 2
+fi
+
+if ! "$PYTHON" -c "import asv, torch" 2>/dev/null; then
+    echo "error: $PYTHON cannot import asv and torch; set PYTHON to the environment's interpreter" >&2
     exit 2
 fi
 
