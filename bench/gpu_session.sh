@@ -17,10 +17,12 @@
 #               --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
 #
 # The machine has no network: python3 is the image's (PyTorch 2.11), with hypothesis, sympy and pytest; the
-# repository is not installed there, so it goes on PYTHONPATH.
+# repository is not installed there, so it goes on PYTHONPATH, and on ASV_PYTHONPATH for asv (which drops
+# PYTHONPATH from its benchmarks' environment).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export ASV_PYTHONPATH="$PWD${ASV_PYTHONPATH:+:$ASV_PYTHONPATH}"
 OUT=${OUT:-gpu_out}
 MACHINE=${MACHINE:-h100}
 PYTHON=${PYTHON:-python3}

@@ -47,8 +47,9 @@ for commit in "${COMMITS[@]}"; do
     git -C "$ROOT" worktree remove --force "$WORK/tree" 2>/dev/null || true
     git -C "$ROOT" worktree add --detach "$WORK/tree" "$commit" >/dev/null
     # The commit's impl/ first on the path (ahead of the editable install of this checkout); the suites,
-    # the configuration and the results stay this checkout's.
-    if ! (cd "$ROOT" && PYTHONPATH="$WORK/tree${PYTHONPATH:+:$PYTHONPATH}" \
+    # the configuration and the results stay this checkout's. asv drops PYTHONPATH from the benchmarks'
+    # environment and puts ASV_PYTHONPATH's entries first on their sys.path instead.
+    if ! (cd "$ROOT" && ASV_PYTHONPATH="$WORK/tree${ASV_PYTHONPATH:+:$ASV_PYTHONPATH}" \
           "${ASV[@]}" run --environment "existing:$PYTHON" --set-commit-hash "$commit" \
           "${MACHINE_ARGS[@]}" "$@"); then
         echo "warning: asv run failed for $commit" >&2

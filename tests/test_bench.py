@@ -126,6 +126,59 @@ def test_run_commits_script_is_valid_bash_and_rejects_an_empty_range():
     assert "no commits" in done.stderr
 
 
+@pytest.fixture
+def stub_python(tmp_path):
+    """An interpreter stand-in for the benchmark scripts: `-c` checks pass (asv and torch importable, a CUDA
+    device present), and each `-m asv ...` call is logged with the ASV_PYTHONPATH it gets and the commit
+    checked out where that path's first entry points. Returns (path, log)."""
+    log = tmp_path / "calls.log"
+    stub = tmp_path / "python"
+    stub.write_text(f"""#!/bin/bash
+[ "$1" = -c ] && exit 0
+first="${{ASV_PYTHONPATH%%:*}}"
+echo "$* | ASV_PYTHONPATH=$ASV_PYTHONPATH | tree=$(git -C "${{first:-/nonexistent}}" rev-parse HEAD 2>/dev/null)" >> {log}
+""")
+    stub.chmod(0o755)
+    return stub, log
+
+
+def _asv_runs(log: Path) -> list[tuple[str, str, str]]:
+    """(commit hash asked for, ASV_PYTHONPATH, commit checked out there) of each logged `asv run`."""
+    runs = []
+    for line in log.read_text().splitlines():
+        args, path, tree = line.split(" | ")
+        if args.startswith("-m asv run"):
+            runs.append((re.search(r"--set-commit-hash (\S+)", args).group(1), path.split("=", 1)[1],
+                         tree.split("=", 1)[1]))
+    return runs
+
+
+def test_run_commits_benchmarks_each_commits_own_code(stub_python):
+    """asv drops PYTHONPATH from its benchmarks' environment: the commit's tree goes to them through
+    ASV_PYTHONPATH, checked out at that commit while asv runs."""
+    stub, log = stub_python
+    commits = subprocess.run(["git", "rev-list", "--reverse", "HEAD~2..HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    done = subprocess.run([str(ROOT / "bench" / "run_commits.sh"), "HEAD~2..HEAD"], cwd=ROOT,
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PYTHON": str(stub)})
+    assert done.returncode == 0, done.stderr
+    runs = _asv_runs(log)
+    assert [asked for asked, _, _ in runs] == commits
+    for asked, path, tree in runs:
+        assert tree == asked, f"asv ran {asked} with {path} at {tree}"
+
+
+def test_gpu_session_hands_the_checkout_to_asv(stub_python, tmp_path):
+    """The device image does not install the repository: its asv phase puts it on ASV_PYTHONPATH."""
+    stub, log = stub_python
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out"), "PYTHON": str(stub), "MACHINE": "stub-gpu"}
+    subprocess.run([str(ROOT / "bench" / "gpu_session.sh"), "asv"], cwd=ROOT, capture_output=True, text=True,
+                   env=env)
+    runs = _asv_runs(log)
+    assert len(runs) == 1 and runs[0][1].split(":")[0] == str(ROOT), log.read_text()
+    assert not (ROOT / "bench" / "results" / "stub-gpu").exists()
+
+
 def test_ratio_tables_are_not_in_the_default_test_run():
     import tomllib
 
