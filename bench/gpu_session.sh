@@ -5,7 +5,8 @@
 #   bash bench/gpu_session.sh models asv
 #
 # Phases (each writes $OUT/<phase>.txt; $OUT defaults to ./gpu_out):
-#   tests   the test suite with CUDA present (the CUDA paths: autograd merge, FlexAttention, bf16 autocast)
+#   tests   the test suite with CUDA present (verify/test_devices.py: every kind of layer forward and backward
+#           on CUDA, compiled FlexAttention included, against the exact layer; tests/test_dropout.py's CUDA case)
 #   layers  bench.ratios on CUDA, batch 100, float32 and bf16 autocast: every layer path against the conv,
 #           with peak memory (content-reference: the plain math the fused content kernels are held to)
 #   models  bench.throughput (images/s of every paper model, float32 and bf16, projected run times) and
