@@ -15,12 +15,16 @@ from __future__ import annotations
 import math
 import os
 
+import pytest
+import torch
 from hypothesis import strategies as st
 
 from verify.cases import ConvCase, ConvertedCase, LayerCase
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 ENCODINGS = ("quadratic", "generalized", "learned")
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+"""A `device` parametrization: the CPU always, CUDA where there is one (reported as skipped elsewhere)."""
 
 
 def _cap(name: str, default: int) -> int:

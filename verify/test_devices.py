@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from verify import reference, tolerances
+from verify.strategies import DEVICES
 from verify.assertions import assert_all_within
 from verify.cases import ConvCase, ConvertedCase, LayerCase
 from verify.test_fast_paths_perf import dense_path
@@ -51,9 +52,6 @@ CASES = {
     "hard-limit": ConvertedCase(_CONV_3X3, alpha=math.inf),
     "converted": ConvertedCase(_CONV_3X3, alpha=4.0),
 }
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
-
 
 def _run(layer, x: torch.Tensor, upstream: torch.Tensor, fn=None) -> dict:
     """Output and gradients (by name, 'x' and the layer's parameters) of sum(fn(layer, x) * upstream) on

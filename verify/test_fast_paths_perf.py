@@ -292,21 +292,23 @@ def test_per_image_probabilities_equal_plain_path(dtype, fused, batch, heads, ch
 
 
 @pytest.mark.statement(STATEMENT)
+@pytest.mark.parametrize("device", strategies.DEVICES)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-masked-per-chunk", "autograd-materialised"])
 @examples(0.3)
 @given(batch=st.integers(1, 3), heads=st.integers(1, 4), channels=st.integers(1, 4), out_dim=st.integers(1, 4),
        tokens=st.integers(1, 12), queries=st.integers(1, 12), p=st.sampled_from([0.0, 0.1, 0.5]),
        seed=strategies.seeds())
-def test_attention_dropout_equals_plain_path_on_the_same_mask(dtype, fused, batch, heads, channels, out_dim,
-                                                             tokens, queries, p, seed):
+def test_attention_dropout_equals_plain_path_on_the_same_mask(device, dtype, fused, batch, heads, channels,
+                                                             out_dim, tokens, queries, p, seed):
     """positional_merge(..., dropout=p) on shared probabilities P (H, Nq, Nk): fused, each image's matrix
     where(keep, P / q, 0) (q = keep_probability(p)) is built image by image (`DenseMerge`) and P's gradient
     summed straight from the per-image ones; not fused, the dropped-out (B, H, Nq, Nk) probabilities are
     materialised. Both equal the plain per-image formula (mix_dense + merge_heads) on the same mask
     (`dense_merge.attention_keep_mask` under the same seed), output and gradients wrt x, W and P, within
     twice gamma_n of the sums of |terms| (n bounds the chains of sums of both computations). p = 0 is the
-    dense path without dropout: every image's matrix P (one product over the batch in `DenseMerge`)."""
+    dense path without dropout: every image's matrix P (one product over the batch in `DenseMerge`). On
+    CUDA the mask is drawn there (its own generator, seeded alike) and the products are batched matmuls."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, channels, tokens, generator=g, dtype=torch.float64)
     probs = torch.softmax(torch.randn(heads, queries, tokens, generator=g, dtype=torch.float64), -1)
@@ -315,13 +317,13 @@ def test_attention_dropout_equals_plain_path_on_the_same_mask(dtype, fused, batc
     path_dtype = getattr(torch, dtype)
     x, weight, probs, upstream = (t.to(path_dtype).double() for t in (x, weight, probs, upstream))
     torch.manual_seed(seed)
-    keep = attention_keep_mask(batch, probs.shape, p)
+    keep = attention_keep_mask(batch, probs.shape, p, device).cpu()
 
     def run(fn, x, weight, probs, upstream):
         leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, probs)]
         out = fn(*leaves)
         (out * upstream).sum().backward()
-        return [out.detach()] + [t.grad for t in leaves]
+        return [out.detach().cpu()] + [t.grad.cpu() for t in leaves]
 
     def plain(x, weight, probs):
         return _plain_per_image(x, weight, None, torch.where(keep, probs / keep_probability(p), 0))
@@ -331,7 +333,7 @@ def test_attention_dropout_equals_plain_path_on_the_same_mask(dtype, fused, batc
         return mixing.positional_merge(x, weight, None, probs, fused=fused, dropout=p)
 
     with one_image_chunks():
-        got = run(fast, *(t.to(path_dtype) for t in (x, weight, probs, upstream)))
+        got = run(fast, *(t.to(device, path_dtype) for t in (x, weight, probs, upstream)))
     want = run(plain, x, weight, probs, upstream)
     absolute = run(plain, x.abs(), weight.abs(), probs, upstream.abs())
     # n bounds every chain of sums of either computation: the plain one (tokens, then heads x channels; the
