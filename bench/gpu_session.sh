@@ -43,7 +43,8 @@ for phase in "$@"; do
     "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } >"$log"
   case "$phase" in
     tests)
-      timeout 540 "$PYTHON" -m pytest -q -x -p no:cacheprovider -n 8 tests verify >>"$log" 2>&1 ;;
+      # every failure, not the first only (-x): the CUDA cases run nowhere else; one worker per file group
+      timeout 540 "$PYTHON" -m pytest -q -rfEs -p no:cacheprovider -n 8 --dist loadgroup tests verify >>"$log" 2>&1 ;;
     layers)
       paths=separable-quadratic,fixed-encoding,hard-limit,learned,learned-content,dense-reference,content-reference
       for precision in float32 bf16-autocast; do

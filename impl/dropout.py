@@ -60,6 +60,11 @@ def keep_mask(shape: Sequence[int], p: float, device: torch.device | str = "cpu"
               generator: torch.Generator | None = None) -> torch.Tensor:
     """A bool tensor of `shape`, each element True with probability `keep_probability(p)`, independently."""
     p = _check_p(p)
+    if torch.compiler.is_compiling():
+        # traced (torch.compile): the compiler's own random integers, at the same 15-bit resolution; the
+        # part-by-part generators below are Python threads, which it cannot trace
+        pieces = torch.randint(0, 1 << _BITS, tuple(shape), device=device, generator=generator, dtype=torch.int16)
+        return pieces >= round(p * (1 << _BITS))
     count = math.prod(shape)
     words = _random_words(-(-count // 4), torch.device(device), generator)
     pieces = words.bitwise_and_(_FIFTEEN_BIT_PIECES).view(torch.int16)[:count]

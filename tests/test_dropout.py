@@ -23,6 +23,20 @@ def test_keep_fraction_is_binomial(p):
     assert abs(kept - n * keep) < 6 * math.sqrt(n * keep * (1 - keep))  # six standard deviations
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_traced_masks_keep_the_same_fraction(p):
+    """Under torch.compile (`python -m impl.train --compile`) the mask is the compiler's random 15-bit
+    integers: one graph, and each element kept with the same probability `keep_probability(p)`. A mask of
+    2^23 elements, which eager mode draws in parts on Python threads."""
+    torch._dynamo.reset()
+    n = 1 << 23
+    torch.manual_seed(0)
+    traced = torch.compile(lambda: keep_mask((n,), p), backend="aot_eager", fullgraph=True)
+    kept = traced().sum().item()
+    keep = keep_probability(p)
+    assert abs(kept - n * keep) < 6 * math.sqrt(n * keep * (1 - keep))  # six standard deviations
+
+
 def test_keep_probability_is_exact_on_multiples_of_two_to_the_minus_fifteen():
     assert keep_probability(0.5) == 0.5 and keep_probability(0.25) == 0.75 and keep_probability(0.0) == 1.0
     assert keep_probability(3 * 2**-15) == 1 - 3 * 2**-15

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from impl.attention import RelativeSelfAttention
+from impl.attention import RelativeSelfAttention, mixing
 from impl.models import AttentionClassifier, ResNet, build, depth_to_space, list_models, space_to_depth
 from impl.models import __main__ as cli
 from impl.models import pruning
@@ -124,18 +124,45 @@ def test_tiny_models_forward_any_size(name, size):
         assert model.eval()(torch.randn(1, 3, h, w)).shape == (1, 10)
 
 
-def test_attention_model_traces_under_torch_compile():
+@pytest.mark.parametrize("name", [n for n in TINY if n != "tiny_resnet18"])
+def test_attention_model_traces_under_torch_compile_as_one_graph(name):
     """`python -m impl.train --compile`: dynamo and AOTAutograd trace the model with fake tensors, which
-    oneDNN's ops reject, so while compiling the layers take the plain products (`gemm.onednn_gemm`). The
-    aot_eager backend needs no C++ compiler; eval mode, so that no dropout mask differs between the runs."""
+    oneDNN's ops reject, so while compiling the layers take the plain products (`gemm.onednn_gemm`), the
+    autograd merge (`mixing.positional_merge`), the compiler's random integers for the dropout masks
+    (`impl.dropout.keep_mask`) and no positional cache: one graph (fullgraph), training mode included. The
+    aot_eager backend needs no C++ compiler; the outputs are compared in eval mode (no dropout mask)."""
+    torch._dynamo.reset()  # each model compiles afresh (the other cases' graphs count towards the recompile limit)
     torch.manual_seed(0)
-    model = build("tiny_quadratic").eval()
+    model = build(name)
     x = torch.randn(2, 3, 32, 32)
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=False)
-    want, got = model(x), compiled(x)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    got.sum().backward()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out = compiled(x)                                                   # training mode: dropout traced too
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # the eager reference
+def test_flex_attention_inside_a_compiled_model_is_traced_with_it():
+    """On CUDA the content layers call FlexAttention (`mixing.flex_content`, itself a torch.compile
+    wrapper); under `--compile` it is traced with the rest of the model. Checked on the CPU's FlexAttention
+    (forward): one graph, equal to the eager function."""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    queries, keys = torch.randn(2, 3, 16, 4, generator=g), torch.randn(2, 3, 16, 4, generator=g)
+    x = torch.randn(2, 5, 4, 4, generator=g)
+    tables = [torch.randn(3, 4, 4, generator=g), torch.randn(3, 4, 4, generator=g)]
+
+    def attend(queries, keys, x):
+        return mixing.flex_content(queries, keys, x, tables, (4, 4), (4, 4))
+
+    with torch.no_grad():
+        got = torch.compile(attend, backend="aot_eager", fullgraph=True)(queries, keys, x)
+        want = mixing.flex_content(queries, keys, x, tables, (4, 4), (4, 4), compiled=False)
+    torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("name", [n for n in TINY if n != "tiny_resnet18"])

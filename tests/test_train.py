@@ -181,6 +181,21 @@ def test_cpu_runs_keep_freed_memory_for_reuse(monkeypatch, tmp_path):
     assert calls == ["called"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("flags", [[], ["--amp"], ["--amp", "--compile"]], ids=["float32", "amp", "amp-compile"])
+def test_cuda_runs_learn(flags, tmp_path):
+    """The trainer on CUDA (`bench/gpu_session.sh tests`): 3 epochs of the quadratic preset on digits, as the
+    acceptance run below, in float32, in bfloat16 autocast and compiled; every metric finite, and it learns
+    (twice chance)."""
+    run = tmp_path / "run"
+    result = cli("--preset", "quadratic", "--data", "digits", "--epochs", 3, "--device", "cuda", *flags, "--out", run)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = rows(run / "metrics.csv")
+    assert [int(r["epoch"]) for r in metrics] == [1, 2, 3]
+    assert all(math.isfinite(float(r[k])) for r in metrics for k in r)
+    assert float(metrics[-1]["test_acc"]) > 0.2
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where CUDA is missing")
 def test_device_cuda_without_cuda_is_a_clear_error(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:

@@ -73,7 +73,8 @@ def _on_product_grid(per_axis: torch.Tensor, axis: int, n: int) -> torch.Tensor:
 
 def _flat_sizes(axis_offsets: Sequence[torch.Tensor]) -> tuple[int, int]:
     """(Nq, Nk): sizes of the flattened query and key grids."""
-    return (math.prod(o.shape[0] for o in axis_offsets), math.prod(o.shape[1] for o in axis_offsets))
+    # lists, not generators: torch.compile cannot hand a generator to math.prod
+    return math.prod([o.shape[0] for o in axis_offsets]), math.prod([o.shape[1] for o in axis_offsets])
 
 
 class QuadraticEncoding(RelativeEncoding):
@@ -190,7 +191,9 @@ class LearnedEncoding(RelativeEncoding):
     def axis_logits(self, axis: int, offsets: torch.Tensor) -> torch.Tensor:
         reach = self.grid_size[axis] - 1
         index = offsets.long() + reach
-        if index.numel() and (index.min() < 0 or index.max() > 2 * reach):
+        # a guard for direct calls, read off the data, so not while torch.compile traces: the layer's
+        # check_input has refused token grids larger than grid_size before any offset is built
+        if not torch.compiler.is_compiling() and index.numel() and (index.min() < 0 or index.max() > 2 * reach):
             raise ValueError(f"offsets on axis {axis} exceed grid_size={self.grid_size}: build the layer "
                              f"with a grid_size at least the input's token grid")
         table = self.projections[axis](self.tables[axis].weight)  # (2 L - 1, heads)

@@ -40,8 +40,9 @@ def onednn_gemm(t: torch.Tensor) -> bool:
     speed on some x86 CPUs); use it through a 1x1 convolution on channels-last tokens. Not while
     torch.compile traces: its fake tensors cannot go through oneDNN's ops (the compiler then picks the
     GEMMs itself)."""
-    return t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
-        and torch.backends.mkldnn.enabled and not torch.compiler.is_compiling()
+    # is_compiling first: the tracer cannot read torch.backends' flags (a graph break at every call)
+    return not torch.compiler.is_compiling() and t.device.type == "cpu" and t.dtype == torch.float32 \
+        and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
 
 
 def images_per_chunk(batch: int, image_bytes: int, device: torch.device, budget: int) -> int:

@@ -178,10 +178,11 @@ class RelativeSelfAttention(nn.Module):
 
     def _positional_entry(self, spatial_shape, dtype, device) -> tuple[object, dict]:
         """(`positional`'s value, a dict the mixing fills with what it derives from it). Both are cached
-        together in eval mode under no_grad; setting `_cache = None` drops them."""
+        together in eval mode under no_grad (not while torch.compile traces: comparing the parameters with
+        the cached ones is data-dependent); setting `_cache = None` drops them."""
         if self.encoding is None:
             return None, {}
-        use_cache = not self.training and not torch.is_grad_enabled()
+        use_cache = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         key = (tuple(spatial_shape), dtype, str(device))
         # The parameters' values, not their version counters: writes through `.data` or
         # `vector_to_parameters` do not bump `_version` but must invalidate the cache.

@@ -513,7 +513,9 @@ def positional_merge(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     heads; empty for a dense (H, Nq, Nk) matrix on a flattened grid). Returns (B, O, Q0, .., Q_{n-1}).
 
     fused: True for the hand-written paths (chunked on CPU), False for autograd; None picks them for
-    float32/float64 outside autocast. Fused, dense probabilities shared by the batch take `DenseMerge` (all
+    float32/float64 outside autocast and outside torch.compile (whose compiler fuses the autograd path's
+    plain ops itself, where the hand-written ones' chunk loops and shared-matrix search would break its
+    graph). Fused, dense probabilities shared by the batch take `DenseMerge` (all
     heads' projections first, then one product per image over every head's keys); others `PositionalMerge`
     (chunked, head by head), or, with `sharing`, `ProductMerge` when heads' per-axis matrices repeat
     (`product_groups`: it applies each distinct matrix once).
@@ -523,7 +525,8 @@ def positional_merge(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     probabilities are never held (elsewhere chunk by chunk, the whole batch one chunk on CUDA).
     """
     if fused is None:
-        fused = x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
+        fused = x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type) \
+            and not torch.compiler.is_compiling()
     dense_shared = not key_probs and query_probs.dim() == 3
     keep, scale = None, 1.0
     if dropout:
