@@ -2,7 +2,8 @@
 # Every GPU measurement issue 5 asks for, in phases that each fit one device call (< 10 minutes on one H100):
 #
 #   bash bench/gpu_session.sh tests layers      # then, in a second call:
-#   bash bench/gpu_session.sh models asv
+#   bash bench/gpu_session.sh models compiled   # and in a third:
+#   bash bench/gpu_session.sh asv
 #
 # Phases (each writes $OUT/<phase>.txt; $OUT defaults to ./gpu_out):
 #   tests   the test suite with CUDA present (verify/test_devices.py: every kind of layer forward and backward
@@ -11,9 +12,12 @@
 #           with peak memory (content-reference: the plain math the fused content kernels are held to)
 #   models  bench.throughput (images/s of every paper model, float32 and bf16, projected run times) and
 #           bench.flop_rate (sa_quadratic / resnet18 FLOP rate, batch 100)
+#   compiled  bench.throughput --compile for sa_quadratic and resnet18 (torch.compile, as `impl.train
+#           --compile` trains: issue 5's 4,000 images/s target is for the fastest way to train)
 #   asv     the asv suite once on this commit, results under bench/results/$MACHINE/ (copied to
 #           $OUT/asv-results.tar); needs asv, which the GPU image lacks: fetch its wheels here first (8 MB,
-#           .wheels/ is ignored by git, so name it in the device call's carry) and they are installed there:
+#           .wheels/ is ignored by git, so name it in the device call's carry); they are installed there into
+#           /tmp/asv-site, last on the paths (the image's own packages first):
 #             pip download asv -d .wheels --python-version 3.12 --only-binary=:all: \
 #               --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
 #
@@ -27,9 +31,10 @@ export ASV_PYTHONPATH="$PWD${ASV_PYTHONPATH:+:$ASV_PYTHONPATH}"
 OUT=${OUT:-gpu_out}
 MACHINE=${MACHINE:-h100}
 PYTHON=${PYTHON:-python3}
-[ $# -ge 1 ] || { echo "usage: $0 PHASE... (tests, layers, models, asv)" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 PHASE... (tests, layers, models, compiled, asv)" >&2; exit 2; }
 for phase in "$@"; do
-  case "$phase" in tests|layers|models|asv) ;; *) echo "unknown phase $phase (tests, layers, models, asv)" >&2; exit 2 ;; esac
+  case "$phase" in tests|layers|models|compiled|asv) ;;
+    *) echo "unknown phase $phase (tests, layers, models, compiled, asv)" >&2; exit 2 ;; esac
 done
 if ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
   echo "no CUDA device for $PYTHON: this script records GPU figures (under the asv machine $MACHINE)" >&2; exit 3
@@ -54,9 +59,13 @@ for phase in "$@"; do
     models)
       timeout 420 "$PYTHON" -m bench.throughput --device cuda --rounds 3 --steps 5 >>"$log" 2>&1 &&
         timeout 150 "$PYTHON" -m bench.flop_rate --device cuda --batch 100 --rounds 3 >>"$log" 2>&1 ;;
+    compiled)
+      timeout 540 "$PYTHON" -m bench.throughput --device cuda --compile --models sa_quadratic,resnet18 \
+        --rounds 3 --steps 10 >>"$log" 2>&1 ;;
     asv)
       if ! "$PYTHON" -c "import asv" 2>/dev/null && [ -d .wheels ]; then
-        "$PYTHON" -m pip install -q --no-index --find-links .wheels asv >>"$log" 2>&1
+        "$PYTHON" -m pip install -q --no-index --find-links .wheels --target /tmp/asv-site asv >>"$log" 2>&1
+        export PYTHONPATH="$PYTHONPATH:/tmp/asv-site" ASV_PYTHONPATH="$ASV_PYTHONPATH:/tmp/asv-site"
       fi
       if ! "$PYTHON" -m asv --version >>"$log" 2>&1; then
         echo "asv is not installed: carry its wheel in .wheels/" >>"$log"; false

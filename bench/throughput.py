@@ -10,6 +10,10 @@ included). Issue 5's GPU target: `sa_quadratic` >= 4,000 images/s in bf16 autoca
 
     python -m bench.throughput --device cuda                 # batch 100, float32 and bf16 autocast
     python -m bench.throughput --threads 2 --batch 16        # CPU, float32
+    python -m bench.throughput --device cuda --compile --models sa_quadratic,resnet18   # torch.compile'd
+
+`--compile` times each model through `torch.compile` (inductor; each model and precision compiles in the
+warm-up, not timed), as `python -m impl.train --compile` trains it.
 """
 
 from __future__ import annotations
@@ -53,11 +57,15 @@ def steps_per_second(net, optimizer, images, labels, precision: str, steps: int)
     return steps / (time.perf_counter() - start)
 
 
-def measure(models, precisions, device: str, batch: int, rounds: int, steps: int) -> dict:
-    """{(model, precision): [images/s per round]}, rounds interleaved over models and precisions."""
+def measure(models, precisions, device: str, batch: int, rounds: int, steps: int,
+            compile_backend: str | None = None) -> dict:
+    """{(model, precision): [images/s per round]}, rounds interleaved over models and precisions; with
+    `compile_backend`, each model through torch.compile(backend=compile_backend)."""
     images, labels = common.model_batch(device, batch)
     nets = {m: common.model(m, device) for m in models}
     optimizers = {m: common.sgd(net) for m, net in nets.items()}
+    if compile_backend is not None:
+        nets = {m: torch.compile(net, backend=compile_backend) for m, net in nets.items()}
     for m in models:  # warm-up: kernels, allocator, autotuning
         for p in precisions:
             steps_per_second(nets[m], optimizers[m], images, labels, p, 1)
@@ -83,6 +91,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="CPU intra-op threads (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round (default: %(default)s)")
+    parser.add_argument("--compile", action="store_true", help="time the models through torch.compile (inductor)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device on this machine")
@@ -102,9 +111,11 @@ def main(argv=None) -> int:
     if batch < 1 or args.threads < 1 or args.rounds < 1 or args.steps < 1 or not precisions or not models:
         parser.error("--batch, --threads, --rounds and --steps must be >= 1; --models and --precisions non-empty")
     with common.intra_op_threads(args.threads):
-        rates = measure(models, precisions, args.device, batch, args.rounds, args.steps)
+        rates = measure(models, precisions, args.device, batch, args.rounds, args.steps,
+                        "inductor" if args.compile else None)
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, threads {args.threads}"
-    print(common.header(where, f"batch {batch}  rounds {args.rounds} x {args.steps} steps"))
+    mode = "  torch.compile (inductor)" if args.compile else ""
+    print(common.header(where, f"batch {batch}  rounds {args.rounds} x {args.steps} steps{mode}"))
     print("| model | precision | images/s (median) | range |\n|---|---|---|---|")
     for (m, p), values in rates.items():
         print(f"| {m} | {p} | {statistics.median(values):.1f} | {min(values):.1f}-{max(values):.1f} |")

@@ -260,6 +260,18 @@ def test_throughput_projects_every_paper_run(tiny, capsys):
         throughput.main(["--models", "vgg"])
 
 
+def test_throughput_times_compiled_models(tiny):
+    """`--compile`: the models run through torch.compile (aot_eager here: no C++ compiler needed), each
+    compiled in the warm-up; a rate per model and round."""
+    from bench import throughput
+
+    torch._dynamo.reset()
+    with common.intra_op_threads(1):
+        rates = throughput.measure(["sa_quadratic", "resnet18"], ["float32"], "cpu", 2, 1, 1, "aot_eager")
+    assert set(rates) == {("sa_quadratic", "float32"), ("resnet18", "float32")}
+    assert all(len(v) == 1 and v[0] > 0 for v in rates.values())
+
+
 def test_gpu_session_script_is_valid_bash_and_rejects_unknown_phases(tmp_path):
     script = ROOT / "bench" / "gpu_session.sh"
     assert script.stat().st_mode & 0o111, "bench/gpu_session.sh must be executable"
