@@ -23,9 +23,10 @@ import pytest
 import torch
 
 from verify import reference, tolerances
-from verify.strategies import DEVICES
 from verify.assertions import assert_all_within
 from verify.cases import ConvCase, ConvertedCase, LayerCase
+from verify.strategies import DEVICES
+from verify.test_fast_paths_perf import _run as run_backward
 from verify.test_fast_paths_perf import dense_path
 
 STATEMENT = "fast-paths"
@@ -53,16 +54,13 @@ CASES = {
     "converted": ConvertedCase(_CONV_3X3, alpha=4.0),
 }
 
+
 def _run(layer, x: torch.Tensor, upstream: torch.Tensor, fn=None) -> dict:
-    """Output and gradients (by name, 'x' and the layer's parameters) of sum(fn(layer, x) * upstream) on
-    x's device, returned on the CPU; fn defaults to the layer's own forward."""
-    layer.zero_grad(set_to_none=True)
-    layer.train()
-    x = x.detach().clone().requires_grad_(True)
-    out = layer(x) if fn is None else fn(layer, x)
-    (out * upstream).sum().backward()
-    grads = {"x": x.grad} | {name: p.grad for name, p in layer.named_parameters()}
-    return {"out": out.detach().cpu(), "grads": {k: None if g is None else g.cpu() for k, g in grads.items()}}
+    """`test_fast_paths_perf._run` (output and gradients by name of sum(fn(layer, x) * upstream); fn
+    defaults to the layer's own forward) on x's device, the results returned on the CPU."""
+    result = run_backward(fn or (lambda layer, x: layer(x)), layer, x, upstream)
+    return {"out": result["out"].cpu(),
+            "grads": {k: None if g is None else g.cpu() for k, g in result["grads"].items()}}
 
 
 @pytest.mark.statement(STATEMENT)
