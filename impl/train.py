@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=_non_negative_int, help="random seed (default 42)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default cpu")
     parser.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast")
-    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the model (for CUDA: on the CPU the eager paths, oneDNN's GEMMs and "
+                             "the fused attention merges, train the attention models 2x faster)")
     parser.add_argument("--workers", type=_non_negative_int, help="DataLoader workers (default 0)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                         help="train without the data set's augmentation")
