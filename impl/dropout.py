@@ -21,7 +21,9 @@ is the input exactly (nn.Dropout scales by 1 / (1 - p): for p = 0.1 the two fact
 themselves). Same generator (torch's default, or the one given), so `torch.manual_seed` makes it
 reproducible and a checkpoint of the RNG state resumes it.
 
-CUDA tensors take `torch.nn.functional.dropout` (a fused kernel there).
+CUDA tensors take `torch.nn.functional.dropout` (a fused kernel there). Under torch.compile the masks are
+the compiler's random 15-bit integers against the same threshold (`keep_mask`): the same keep probability,
+drawn by the code the compiler generates (the parts' Python threads do not trace).
 
 `shape`: an output larger than the input, the input broadcast to it with an independent mask per
 element (attention probabilities shared by a batch, one mask per image) without materialising the
