@@ -115,41 +115,52 @@ def tail(statement: str, layer, probs: torch.Tensor, ref: reference.Attention, a
     assert_within(statement, error, bound, context, reproduce, what="max(1 - p_Delta)")
 
 
-def fast_path(statement: str, layer, x, context: str, reproduce: str, ref=None, extra=()) -> None:
-    """The layer's forward (and its positional probabilities) equal the plain reference; `extra`:
-    more (what, error, bound) checks of the same example."""
+def _on_device(layer, x, device: str):
+    """The layer and x as run on `device` (a copy of the layer off the CPU; both themselves on it)."""
+    if device == "cpu":
+        return layer, x
+    return copy.deepcopy(layer).to(device), x.to(device)
+
+
+def fast_path(statement: str, layer, x, context: str, reproduce: str, ref=None, extra=(), device="cpu") -> None:
+    """The layer's forward (and its positional probabilities), run on `device`, equal the plain reference
+    (on the CPU); `extra`: more (what, error, bound) checks of the same example."""
     ref = reference.attention(layer, x) if ref is None else ref
+    run_layer, run_x = _on_device(layer, x, device)
     with torch.no_grad():
-        out = layer(x)
+        out = run_layer(run_x).cpu()
     checks = [*extra,
               ("max|layer - reference|", _difference(out, ref.output), tolerances.fast_path_tolerance(layer, ref))]
     if not layer.content:
-        probs = layer.attention_probabilities(tuple(x.shape[2:]), x.dtype)
+        probs = run_layer.attention_probabilities(tuple(x.shape[2:]), x.dtype, run_x.device).cpu()
         bound = tolerances.probability_tolerance(layer, ref, x.dtype) \
             + tolerances.probability_tolerance(layer, ref, torch.float64)
         checks.append(("max|p - p_reference|", _difference(probs, ref.probabilities), bound))
     assert_all_within(statement, checks, context, reproduce)
 
 
-def fast_path_gradients(statement: str, layer, x, upstream, context: str, reproduce: str) -> None:
+def fast_path_gradients(statement: str, layer, x, upstream, context: str, reproduce: str, device="cpu") -> None:
     """The layer's gradients (wrt x, the merge and, in float64, the encoding's parameters) for the loss
-    sum(layer(x) * upstream) equal autograd through the plain reference (positional layers)."""
+    sum(layer(x) * upstream), run on `device`, equal autograd through the plain reference (positional
+    layers)."""
     twin = copy.deepcopy(layer).double()
     twin.zero_grad()
     x_ref = x.detach().double().requires_grad_(True)
     ref = reference.attention(twin, x_ref, differentiable=True)
     (ref.output * upstream.double()).sum().backward()
-    x_layer = x.detach().clone().requires_grad_(True)
-    layer.zero_grad()
-    (layer(x_layer) * upstream).sum().backward()
+    run_layer, run_x = _on_device(layer, x, device)
+    x_layer = run_x.detach().clone().requires_grad_(True)
+    run_layer.zero_grad()
+    (run_layer(x_layer) * upstream.to(run_x.device)).sum().backward()
     values = reference.attention(layer, x)
     mine = tolerances.gradient_tolerances(layer, x, upstream, values)
     exact = tolerances.gradient_tolerances(twin, x, upstream.double(), values)   # the reference's side
     grads = {"x": (x_layer.grad, x_ref.grad)}
-    params, twin_params = dict(layer.named_parameters()), dict(twin.named_parameters())
+    params, twin_params = dict(run_layer.named_parameters()), dict(twin.named_parameters())
     for name in mine:
         if name != "x":
             grads[name] = (params[name].grad, twin_params[name].grad)
+    grads = {name: tuple(None if g is None else g.cpu() for g in pair) for name, pair in grads.items()}
     checks = []
     for name, (actual, expected) in grads.items():
         if actual is None or expected is None:

@@ -4,30 +4,25 @@ The other fast-path tests compare each path with the plain formula on the CPU. T
 logic with CPU ones (the autograd merge, FlexAttention's score logic, the batched products of
 `DenseMerge`), but run other kernels: cuBLAS and cuDNN, and FlexAttention compiled by Triton. This module
 runs one float32 layer of each kind forward and backward on each device through `layer(x)`, so that each
-takes the path its device takes, and compares the output and the gradients with the same layer computed
-in float64 on the CPU: within the float32 computation's rounding bound plus the float64 one's (the
-positional layers' gradients by `tolerances.gradient_tolerances`; content layers' outputs only, whose
-gradients verify/ does not bound). A fixed handful of small cases rather than hypothesis: on CUDA each new
-shape of a content layer compiles FlexAttention afresh.
+takes the path its device takes, and checks it with the fast-path checks of verify/checks.py against the
+plain reference in float64 on the CPU (`checks.fast_path`: output and probabilities;
+`checks.fast_path_gradients`: the positional layers' gradients, which verify/ bounds). A fixed handful of
+small cases rather than hypothesis: on CUDA each new shape of a content layer compiles FlexAttention afresh.
 
-The CPU cases run everywhere, so the comparison itself is exercised by CI; the CUDA ones run wherever a
-GPU is (`bench/gpu_session.sh tests`) and are reported as skipped elsewhere.
+The CPU cases run everywhere, so the checks' device handling is exercised by CI; the CUDA ones run
+wherever a GPU is (`bench/gpu_session.sh tests`) and are reported as skipped elsewhere.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 
-from verify import reference, tolerances
-from verify.assertions import assert_all_within
+from verify import checks, reference
 from verify.cases import ConvCase, ConvertedCase, LayerCase
 from verify.strategies import DEVICES
-from verify.test_fast_paths_perf import _run as run_backward
-from verify.test_fast_paths_perf import dense_path
 
 STATEMENT = "fast-paths"
 
@@ -55,42 +50,17 @@ CASES = {
 }
 
 
-def _run(layer, x: torch.Tensor, upstream: torch.Tensor, fn=None) -> dict:
-    """`test_fast_paths_perf._run` (output and gradients by name of sum(fn(layer, x) * upstream); fn
-    defaults to the layer's own forward) on x's device, the results returned on the CPU."""
-    result = run_backward(fn or (lambda layer, x: layer(x)), layer, x, upstream)
-    return {"out": result["out"].cpu(),
-            "grads": {k: None if g is None else g.cpu() for k, g in result["grads"].items()}}
-
-
 @pytest.mark.statement(STATEMENT)
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("device", DEVICES)
 def test_layer_on_device_equals_the_exact_layer(device: str, name: str):
-    compare_on_device(name, device)
-
-
-def compare_on_device(name: str, device: str, run=_run) -> None:
-    """The check: case `name` run by `run` (output and gradients) on `device` against the exact layer."""
-    __tracebackhide__ = True
     case = CASES[name]
     layer, x = case.build()                                                    # float32, on the CPU
-    ref = reference.attention(layer, x)
-    generator = torch.Generator().manual_seed(case.seed + 7)
-    upstream = torch.randn(ref.output.shape, generator=generator, dtype=torch.float64).to(x.dtype)
-    on_device = run(copy.deepcopy(layer).to(device), x.to(device), upstream.to(device))
-
-    exact_layer, exact_x = copy.deepcopy(layer).double(), x.double()
-    rounding = tolerances.attention_rounding(layer, ref, x.dtype) \
-        + tolerances.attention_rounding(exact_layer, ref, torch.float64)
-    checks = [(f"max|{device} - exact| (output)", (on_device["out"].double() - ref.output).abs(), rounding)]
+    context = f"{name} on {device}: {case.describe()}"
+    reproduce = case.reproduce(f"# see verify/test_devices.py: {name} on {device}")
+    checks.fast_path(STATEMENT, layer, x, context, reproduce, device=device)
     if not layer.content:
-        exact = _run(exact_layer, exact_x, upstream.double(), dense_path)
-        bounds = tolerances.gradient_tolerances(layer, x, upstream, ref)
-        exact_bounds = tolerances.gradient_tolerances(exact_layer, exact_x, upstream.double(), ref)
-        for key, bound in bounds.items():
-            ours, theirs = on_device["grads"][key], exact["grads"][key]
-            checks.append((f"max|{device} - exact| (d/d {key})", (ours.double() - theirs).abs(),
-                           bound + exact_bounds[key]))
-    assert_all_within(STATEMENT, checks, f"{name} on {device}: {case.describe()}",
-                      case.reproduce(f"# see verify/test_devices.py: {name} on {device}"))
+        generator = torch.Generator().manual_seed(case.seed + 7)
+        upstream = torch.randn(reference.attention(layer, x).output.shape, generator=generator,
+                               dtype=torch.float64).to(x.dtype)
+        checks.fast_path_gradients(STATEMENT, layer.train(), x, upstream, context, reproduce, device=device)
