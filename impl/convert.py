@@ -12,13 +12,15 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from .attention import PADDING_MODES, Axis, Geometry, QuadraticEncoding, RelativeSelfAttention, check_alpha
+from .attention import (PADDING_MODES, Axis, Geometry, QuadraticEncoding, RelativeSelfAttention, check_alpha,
+                        width_of)
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -61,6 +63,12 @@ def check_conv(conv) -> None:
                         f"({type(conv).__name__}) are not supported")
     if not isinstance(conv, CONV_TYPES):
         raise TypeError(f"conv must be nn.Conv1d, nn.Conv2d or nn.Conv3d, got {type(conv).__name__}")
+    base = next(t for t in CONV_TYPES if isinstance(conv, t))
+    # Only the weight and the attributes are read: a subclass computing something else in its forward
+    # (weight standardisation, fake quantisation, padding worked out per input) would be converted wrongly.
+    if type(conv).forward is not base.forward or type(conv)._conv_forward is not base._conv_forward:
+        raise TypeError(f"conv must compute what {base.__name__} computes from its weight and attributes; "
+                        f"{type(conv).__name__} overrides forward, so its output is not that")
     if isinstance(conv.weight, nn.parameter.UninitializedParameter):
         raise ValueError("conv is a lazy convolution that has not seen an input yet: run it once first")
     # A convolution edited after construction (weight, bias or groups replaced) must still be one.
@@ -92,25 +100,38 @@ def conv_to_attention(conv: nn.modules.conv._ConvNd, alpha: float = math.inf) ->
     of each tap (zero across groups); the bias is the conv's. Same dtype, device and requires_grad. To
     train the merge alone, freeze the positions with `layer.encoding.requires_grad_(False)`: its backward
     then skips the probabilities' per-head gradients (about 1.2x the convolution's time on CPU at finite
-    alpha, against 1.5x with them; docs/RESULTS.md).
+    alpha, against 1.5x with them; docs/RESULTS.md). A grouped convolution's merge is dense, zero outside
+    the groups' blocks: training it fills them in (and it holds `groups` times the conv's weights).
     """
     check_conv(conv)
     alpha = check_alpha(alpha)
+    dtype = conv.weight.dtype
+    width = None if alpha == math.inf else width_of(alpha, dtype)
     spatial_dims = len(conv.kernel_size)
     taps = list(itertools.product(*(range(k) for k in conv.kernel_size)))
-    layer = RelativeSelfAttention(conv.in_channels, heads=len(taps), out_dim=conv.out_channels,
-                                  encoding="quadratic", spatial_dims=spatial_dims, alpha=alpha,
-                                  bias=conv.bias is not None, geometry=conv_geometry(conv))
-    layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
     shifts = [kernel_shifts(k, d) for k, d in zip(conv.kernel_size, conv.dilation)]
+    centre = torch.tensor([[shifts[axis][a] for axis, a in enumerate(tap)] for tap in taps], dtype=torch.float64)
+    if not torch.equal(centre.to(dtype).double(), centre):
+        reach = int(centre.abs().max())
+        raise ValueError(f"conv's taps reach offset {reach} (dilation={conv.dilation}), which {dtype} cannot hold "
+                         f"exactly as a head centre: convert the convolution in float32 or float64")
+    # Any finite alpha builds the layer: the width is set below in the conv's dtype (not rounded through
+    # float32, and float64 widths beyond float32's range are allowed).
+    layer = RelativeSelfAttention(conv.in_channels, heads=len(taps), out_dim=conv.out_channels,
+                                  encoding="quadratic", spatial_dims=spatial_dims,
+                                  alpha=math.inf if width is None else 1.0,
+                                  bias=conv.bias is not None, geometry=conv_geometry(conv))
+    layer.to(device=conv.weight.device, dtype=dtype)
     with torch.no_grad():
-        centre = torch.tensor([[shifts[axis][a] for axis, a in enumerate(tap)] for tap in taps],
-                              dtype=conv.weight.dtype, device=conv.weight.device)
         layer.encoding.centre.copy_(centre)
+        if width is not None:
+            layer.encoding.width.fill_(width)
         layer.merge.weight.copy_(merge_weight(conv.weight, taps, conv.groups))
         if conv.bias is not None:
             layer.merge.bias.copy_(conv.bias)
     layer.requires_grad_(conv.weight.requires_grad)
+    if conv.bias is not None:
+        layer.merge.bias.requires_grad_(conv.bias.requires_grad)
     return layer
 
 
@@ -180,6 +201,13 @@ def attention_to_conv(attn: RelativeSelfAttention, tol: float = 1e-6) -> nn.modu
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
         raise ValueError(f"tol must be a float in [0, 1), got {tol!r}")
     check_layer_state(attn)
+    if attn.encoding.hard:
+        # A hard head midway between two keys averages them (the limit of its softmax): no single tap.
+        halfway = ((attn.encoding.centre.detach() % 1) == 0.5).any(1)
+        if bool(halfway.any()):
+            h = int(halfway.nonzero()[0])
+            raise ValueError(f"head {h}'s centre {attn.encoding.centre[h].tolist()} lies midway between two "
+                             f"keys: its hard-limit attention averages them, which no convolution tap computes")
     distance = distance_from_one_hot(attn.encoding)
     for h, d in enumerate(distance.tolist()):
         if d > tol:
@@ -303,6 +331,9 @@ def convert_model(model: nn.Module, alpha: float = math.inf, *, verbose: bool = 
     """A copy of `model` with every Conv1d/Conv2d/Conv3d replaced by its attention layer; the rest untouched.
 
     The original is not modified. Returns the copy and a per-layer report (printed when `verbose`).
+    A convolution `conv_to_attention` refuses (a subclass with its own forward, a shift its dtype cannot
+    hold) stops the conversion with its error, prefixed by the layer's name; hooks on the convolutions are
+    not carried over (a warning names them).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -322,7 +353,13 @@ def convert_model(model: nn.Module, alpha: float = math.inf, *, verbose: bool = 
     for name, conv in targets:
         first = id(conv) not in replaced
         if first:
-            replaced[id(conv)] = conv_to_attention(conv, alpha).train(conv.training)
+            try:
+                replaced[id(conv)] = conv_to_attention(conv, alpha).train(conv.training)
+            except (TypeError, ValueError) as error:  # name the layer: the model may hold hundreds
+                raise type(error)(f"model.{name}: {error}") from error
+            if conv._forward_hooks or conv._forward_pre_hooks:
+                warnings.warn(f"model.{name} has forward hooks; its attention layer does not carry them over",
+                              stacklevel=2)
         layer = replaced[id(conv)]
         parent_name, _, child = name.rpartition(".")
         setattr(converted.get_submodule(parent_name) if parent_name else converted, child, layer)

@@ -9,6 +9,7 @@ encoding couples the axes and is only available densely.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -30,13 +31,26 @@ def _check_std(name: str, value) -> float:
 
 
 def check_alpha(alpha) -> float:
-    """alpha must be a positive real number or math.inf (the hard limit)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+    """alpha must be a positive real number (a Python or NumPy scalar) or math.inf (the hard limit)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise TypeError(f"alpha must be a positive float or math.inf, got {type(alpha).__name__}")
     alpha = float(alpha)
     if math.isnan(alpha) or alpha <= 0:
         raise ValueError(f"alpha must be a positive float or math.inf, got {alpha!r}")
     return alpha
+
+
+def width_of(alpha, dtype: torch.dtype) -> float:
+    """The width parameter s = sqrt(2 alpha) of a finite alpha, checked to fit `dtype` (and alpha to fit
+    the scores' dtype, at least float32): beyond that alpha becomes inf and the scores NaN."""
+    alpha = check_alpha(alpha)
+    width = math.sqrt(2 * alpha)
+    score_dtype = torch.promote_types(dtype, torch.float32)
+    if width > torch.finfo(dtype).max or alpha > torch.finfo(score_dtype).max:
+        raise ValueError(f"alpha must be small enough that its width sqrt(2 alpha) fits {dtype} and alpha "
+                         f"itself fits {score_dtype}, got {alpha!r}: use alpha=math.inf for the hard limit "
+                         f"(one-hot attention, exactly)")
+    return width
 
 
 class RelativeEncoding(nn.Module):
@@ -101,14 +115,16 @@ class QuadraticEncoding(RelativeEncoding):
         elif alpha is None:
             self.width = nn.Parameter(1 + 0.01 * torch.randn(heads))
         else:
-            self.width = nn.Parameter(torch.full((heads,), math.sqrt(2 * check_alpha(alpha))))
+            self.width = nn.Parameter(torch.full((heads,), width_of(alpha, torch.get_default_dtype())))
 
     @property
     def alpha(self) -> torch.Tensor:
-        """Per-head alpha = width^2 / 2 (inf in the hard limit)."""
+        """Per-head alpha = width^2 / 2 (inf in the hard limit), in at least float32: squared in half
+        precision, a width above 256 would overflow to inf and give NaN scores."""
         if self.hard:
             return torch.full((self.heads,), math.inf, device=self.centre.device)
-        return self.width.square() / 2
+        width = self.width
+        return width.to(torch.promote_types(width.dtype, torch.float32)).square() / 2
 
     def axis_logits(self, axis: int, offsets: torch.Tensor) -> torch.Tensor:
         if self.hard:

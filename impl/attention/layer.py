@@ -142,6 +142,8 @@ class RelativeSelfAttention(nn.Module):
         if x.shape[1] != self.dim:
             raise ValueError(f"x must have {self.dim} channels (dim 1), got shape {tuple(x.shape)}")
         spatial = x.shape[2:]
+        if any(n == 0 for n in spatial):
+            raise ValueError(f"x must have a non-empty grid (every spatial size >= 1), got shape {tuple(x.shape)}")
         for axis, length in zip(self.geometry.axes, spatial):
             if self.geometry.padding_mode == "reflect" and max(axis.pad_before, axis.pad_after) >= length:
                 raise ValueError(f"x of spatial shape {tuple(spatial)} is too small for reflect padding "
@@ -234,6 +236,9 @@ class RelativeSelfAttention(nn.Module):
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        return _conv_layout(self._attend(x), x)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
         spatial_shape = tuple(x.shape[2:])
         query_shape = self.geometry.output_shape(spatial_shape)
         compute_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
@@ -336,6 +341,19 @@ class RelativeSelfAttention(nn.Module):
         queries = _linear(query_tokens, self.query).reshape(batch, n_queries, self.heads, self.content_dim)
         keys = _linear(tokens, self.key).reshape(batch, n_keys, self.heads, self.content_dim)
         return queries.transpose(1, 2), keys.transpose(1, 2)
+
+
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _conv_layout(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """out in the memory layout `nn.Conv*` gives for input x: channels-last when x is channels-last (and
+    not also plainly contiguous), else contiguous; so that `out.view(..)` works wherever the conv's did.
+    The fast paths produce either layout; a copy only when they differ."""
+    layout = _CHANNELS_LAST.get(x.dim())
+    if layout is not None and x.is_contiguous(memory_format=layout) and not x.is_contiguous():
+        return out.contiguous(memory_format=layout)
+    return out.contiguous()
 
 
 def _linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
