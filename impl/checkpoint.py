@@ -100,11 +100,23 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _read_umask() -> int:
+    """The process's umask (reading it means setting it: set straight back, once, at import)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
     """Call `write(file)` on a temporary file next to `path`, fsync it, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    with contextlib.suppress(AttributeError, OSError):  # mkstemp's 0600 -> what open() would give (the umask)
+        os.fchmod(fd, 0o666 & ~_UMASK)
     try:
         with os.fdopen(fd, "wb") as file:
             write(file)

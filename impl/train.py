@@ -31,7 +31,9 @@ finished cosine); resuming with the same `--epochs` continues exactly.
 
 Under `torchrun --nproc_per_node N` the same command trains with DistributedDataParallel: each rank takes
 every N-th sample of the epoch's order, so the global batch (`--batch-size`) and its samples are the same as
-in a single-process run; the gradient average is the same up to float rounding.
+in a single-process run; for the attention models (LayerNorm) the gradient average is the same up to float
+rounding. BatchNorm (the ResNet) normalises each rank's share of the batch, as torch's DDP does, and the
+checkpoint holds rank 0's running statistics: a DDP ResNet run is not the single-process one.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import sys
 import time
 from contextlib import nullcontext
@@ -133,6 +136,14 @@ def _number(kind: type, *, zero: bool):
 
 
 _positive_int, _non_negative_int = _number(int, zero=False), _number(int, zero=True)
+SEED_LIMIT = 2**32  # the run adds epochs, steps and ranks to its seed; torch's seeds stop at 2**64
+
+
+def _seed(text: str) -> int:
+    value = _non_negative_int(text)
+    if value >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be an int in [0, 2**32), got {text!r}")
+    return value
 _positive_float, _non_negative_float = _number(float, zero=False), _number(float, zero=True)
 
 
@@ -161,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=_positive_int, help="global batch size (default 100)")
     parser.add_argument("--lr", type=_positive_float, help="peak learning rate (default: the preset's)")
     parser.add_argument("--grad-clip", type=_non_negative_float, help="clip the gradient norm (default 0: off)")
-    parser.add_argument("--seed", type=_non_negative_int, help="random seed (default 42)")
+    parser.add_argument("--seed", type=_seed, help="random seed in [0, 2**32) (default 42)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default cpu")
     parser.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast")
     parser.add_argument("--compile", action="store_true", default=None,
@@ -270,8 +281,6 @@ def _resumed_config(args, parser, given: dict, world_size: int) -> Config:
         setattr(cfg, key, value)
     cfg.out, cfg.world_size, cfg.figures = str(args.out), world_size, not args.no_figures
     _check_common(cfg, parser)
-    if not files.last.is_file():
-        parser.error(f"--resume: no checkpoint to resume from ({files.last} does not exist)")
     return cfg
 
 
@@ -300,6 +309,12 @@ def _check_common(cfg: Config, parser) -> None:
                      "use --device cpu")
     if cfg.schedule not in SCHEDULES:
         parser.error(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    # before the data and the model are built (minutes for the paper's): where the run will be written
+    existing = Path(cfg.out).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        parser.error(f"--out {cfg.out}: {existing} is not a writable directory")
 
 
 def data_conflict(model: nn.Module, data_name: str) -> tuple[tuple[str, ...], str] | None:
@@ -504,6 +519,10 @@ def train(cfg: Config, dist: Distributed, *, resume: bool = False) -> None:
 
     # -- the checkpoint to resume from: read and checked before anything else happens ----------------------
     state = None
+    restart = resume and not files.last.is_file()  # killed before its first checkpoint: nothing to keep
+    if restart:
+        say(f"{cfg.out} has no checkpoint yet ({files.last}): starting the run from its beginning")
+        resume = False
     if resume:
         state = checkpoint.load(files.last)
         checkpoint.check_config(state["config"], asdict(cfg), source=files.last, ignore=RESUMABLE)
@@ -530,6 +549,9 @@ def train(cfg: Config, dist: Distributed, *, resume: bool = False) -> None:
         test_set = data.load(cfg.data, "test", augment=False, **cifar_files)
     except (OSError, ValueError) as error:
         raise RunError(f"--data {cfg.data}: {error}") from None
+    except (EOFError, pickle.UnpicklingError) as error:  # torchvision names no file
+        raise RunError(f"--data {cfg.data}: a data file under --data-dir {cfg.data_dir} is truncated or corrupt "
+                       f"({error}): delete it and download it again (--download)") from None
     local_batch = cfg.batch_size // dist.world_size
     steps_per_epoch = len(train_set) // cfg.batch_size  # full global batches only
     if steps_per_epoch == 0:
@@ -600,9 +622,9 @@ def train(cfg: Config, dist: Distributed, *, resume: bool = False) -> None:
         files.checkpoints.mkdir(parents=True, exist_ok=True)
         checkpoint.remove_temporaries(files.checkpoints)  # leftovers of a save a kill interrupted
         files.write_config(cfg)
-        if resume:
-            files.truncate_logs(step, start_epoch)
-        writer = _tensorboard(files, purge_step=step if resume else None)
+        if resume or restart:  # a restart keeps none of the rows (the initial centres are written again)
+            files.truncate_logs(step if resume else -1, start_epoch)
+        writer = _tensorboard(files, purge_step=step if resume or restart else None)
         if step == 0:
             files.append(files.centres, CENTRES_HEADER, [(0, 0.0, *row) for row in attention_centres(raw_model)])
     first_epoch_points = {steps_per_epoch * k // CENTRE_POINTS_IN_FIRST_EPOCH
@@ -704,9 +726,11 @@ def train(cfg: Config, dist: Distributed, *, resume: bool = False) -> None:
             files.append(files.metrics, METRICS_HEADER, [tuple(_fmt(v) for v in row)])
             files.append(files.centres, CENTRES_HEADER,
                          [(step, epoch + 1, *c) for c in attention_centres(raw_model)])
-        save(files.last, epoch + 1, 0, progress)
+        # best first: a kill between the two saves then leaves last.pt at the previous epoch, whose resumed
+        # run re-reaches this epoch's value and finds it in best.pt (last first would lose this best)
         if improved:
             save(files.best, epoch + 1, 0, progress)
+        save(files.last, epoch + 1, 0, progress)
         if writer is not None:
             for name, value in zip(METRICS_HEADER[1:], row[1:]):
                 writer.add_scalar(f"epoch/{name}", value, epoch + 1)
@@ -741,7 +765,10 @@ def main(argv: list[str] | None = None) -> int:
     dist = distributed_from_environment()
     cfg = resolve_config(args, parser, dist.world_size)
     if cfg.device == "cpu":
-        retain_freed_memory()  # big activations re-used, not faulted in afresh every step (impl/allocator.py)
+        try:
+            retain_freed_memory()  # big activations re-used, not faulted in afresh every step (impl/allocator.py)
+        except ValueError as error:  # a bad ATTENTION_CNN_MALLOC
+            parser.error(str(error))
     if dist.enabled:
         torch_dist.init_process_group("nccl" if cfg.device == "cuda" else "gloo")
         if cfg.device == "cuda":

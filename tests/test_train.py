@@ -123,6 +123,7 @@ def test_weight_decay_skips_the_models_exemptions():
     (["--preset", "quadratic", "--lr", "nan"], "--lr: must be a finite number > 0"),
     (["--preset", "quadratic", "--lr", "inf"], "--lr: must be a finite number > 0"),
     (["--preset", "quadratic", "--seed", "x"], "--seed: must be an int >= 0"),
+    (["--preset", "quadratic", "--seed", str(2**64 - 1)], "--seed: must be an int in [0, 2**32)"),
     (["--preset", "quadratic", "--data", "mnist"], "--data: invalid choice"),
     (["--resume"], "--resume needs --out"),
     (["--epochs", "3"], "--preset is required"),
@@ -148,14 +149,46 @@ def test_unknown_preset_lists_the_presets(capsys):
     assert all(name in err for name in presets.PRESETS)
 
 
-def test_resume_without_a_checkpoint_says_so(capsys, tmp_path):
+def test_resume_of_a_directory_that_is_no_run_says_so(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         train.main(["--resume", "--out", str(tmp_path)])
     assert exit_.value.code == 2 and "is not a run directory" in capsys.readouterr().err
-    (tmp_path / "config.json").write_text(json.dumps(train.dataclasses.asdict(train.Config())))
-    with pytest.raises(SystemExit):
-        train.main(["--resume", "--out", str(tmp_path)])
-    assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_out_that_cannot_be_written_is_refused_before_the_data_is_read(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--preset", "quadratic", "--data", "digits", "--out", str(blocker / "run")])
+    assert exit_.value.code == 2 and f"{blocker} is not a writable directory" in capsys.readouterr().err
+
+
+def test_a_bad_allocator_setting_is_a_usage_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTENTION_CNN_MALLOC", "jemalloc")
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--preset", "quadratic", "--data", "digits", "--out", str(tmp_path / "run")])
+    assert exit_.value.code == 2 and "ATTENTION_CNN_MALLOC must be" in capsys.readouterr().err
+
+
+def test_a_truncated_cifar_batch_is_a_clear_error(capsys, tmp_path):
+    from fake_cifar import write_fake_cifar10  # tests/ is on the path (its conftest)
+
+    root = tmp_path / "data"
+    write_fake_cifar10(root)
+    batch = next(root.rglob("data_batch_3"))
+    batch.write_bytes(batch.read_bytes()[: batch.stat().st_size // 2])
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        code = train.main(["--preset", "quadratic", "--data", "cifar10", "--data-dir", str(root), "--out",
+                           str(tmp_path / "run")])
+    finally:  # train() switched deterministic algorithms on in this process
+        torch.use_deterministic_algorithms(deterministic)
+    assert code == 2 and "is truncated or corrupt" in capsys.readouterr().err
+
+
+def test_run_files_are_readable_as_the_umask_allows(trained):
+    for name in ("config.json", "checkpoints/last.pt", "checkpoints/best.pt", "metrics.csv"):
+        assert (trained / name).stat().st_mode & 0o777 == 0o666 & ~train.checkpoint._UMASK, name
 
 
 def test_a_batch_larger_than_the_data_set_is_refused_before_writing(capsys, tmp_path):
@@ -261,6 +294,57 @@ def test_resume_extends_the_run_from_epoch_3_to_5(trained, tmp_path):
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 70
     assert max(float(r["test_acc"]) for r in rows(run / "metrics.csv")) < 0.999
     assert (run / "checkpoints" / "best.pt").read_bytes() == best_bytes
+
+
+# The trainer with its n-th checkpoint write replaced by an abrupt exit (status 9): a kill at that moment.
+KILLED_AT_SAVE = """
+import os, sys
+from impl import checkpoint, train
+calls, write = [0], checkpoint.save
+def save(path, state):
+    calls[0] += 1
+    if calls[0] == int(os.environ["KILL_AT_SAVE"]):
+        os._exit(9)
+    write(path, state)
+checkpoint.save = save
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def killed_at_save(n: int, run: Path) -> None:
+    args = ["--preset", "quadratic", "--data", "digits", "--epochs", "3", "--out", str(run), "--no-figures"]
+    result = subprocess.run([sys.executable, "-c", KILLED_AT_SAVE, *args], capture_output=True, text=True,
+                            env={**ENV, "KILL_AT_SAVE": str(n)}, timeout=600)
+    assert result.returncode == 9, result.stderr
+
+
+def test_a_kill_between_an_epochs_two_saves_keeps_its_best(trained, tmp_path):
+    accuracies = [float(r["test_acc"]) for r in rows(trained / "metrics.csv")]
+    improved = [a > max(accuracies[:e], default=-math.inf) for e, a in enumerate(accuracies)]
+    best_epoch = 1 + accuracies.index(max(accuracies))
+    saves_before = sum(1 + imp for imp in improved[:best_epoch - 1])
+    killed_at_save(saves_before + 2, tmp_path / "run")  # after the first of the best epoch's two saves
+    resumed = cli("--resume", "--out", tmp_path / "run", "--no-figures")
+    assert resumed.returncode == 0, resumed.stderr
+    expected = torch.load(trained / "checkpoints" / "best.pt", weights_only=True)
+    actual = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    assert actual["epoch"] == expected["epoch"] == best_epoch
+    assert all(torch.equal(expected["model"][k], actual["model"][k]) for k in expected["model"])
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_its_beginning(trained, tmp_path):
+    run = tmp_path / "run"
+    killed_at_save(1, run)
+    assert (run / "config.json").exists() and not (run / "checkpoints" / "last.pt").exists()
+    resumed = cli("--resume", "--out", run, "--no-figures")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "has no checkpoint yet" in resumed.stdout and "starting the run from its beginning" in resumed.stdout
+    columns = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
+    assert [[r[c] for c in columns] for r in rows(run / "metrics.csv")] == \
+        [[r[c] for c in columns] for r in rows(trained / "metrics.csv")]
+    assert rows(run / "centres.csv") == rows(trained / "centres.csv")
+    expected, actual = final_weights(trained), final_weights(run)
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
 
 
 def test_resume_with_an_incompatible_config_is_refused_and_changes_nothing(trained, capsys):
