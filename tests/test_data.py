@@ -186,3 +186,11 @@ def test_synthetic_is_deterministic_per_index():
     assert not torch.equal(train[0][0], load("synthetic", "train", augment=False, seed=1)[0][0])
     labels = [train[i][1] for i in range(200)]
     assert set(labels) == set(range(10))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_synthetic_items_leave_the_cuda_generator_alone():
+    torch.cuda.init()
+    state = torch.cuda.get_rng_state()
+    load("synthetic", "train")[7]
+    assert torch.equal(torch.cuda.get_rng_state(), state)
