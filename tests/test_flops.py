@@ -53,3 +53,27 @@ def test_plain_flop_counter_misses_them():
         torch.mkldnn_convolution(x, w, None, [0, 0], [1, 1], [1, 1], 1)
         torch.zeros(2, 3, 3).baddbmm_(torch.randn(2, 3, 4), torch.randn(2, 4, 3))
     assert counted.get_total_flops() == 2 * 16 * 8 * 5 + 2 * 2 * 3 * 4 * 3
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_counts_content_attention_whichever_sdpa_kernel_runs(backward):
+    # without dropout SDPA takes the CPU flash kernel (under no_grad, and for the backward where it has
+    # one): it must count what the plain math kernel counts
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from impl.models import build
+
+    x = torch.randn(2, 3, 32, 32, requires_grad=backward)
+    counts = []
+    for context in (contextlib.nullcontext(), sdpa_kernel(SDPBackend.MATH)):
+        torch.manual_seed(0)
+        model = build("tiny_learned_content").eval()  # afresh: a warm eval cache skips the positional scores
+        counter = flop_counter()
+        with context, counter, torch.set_grad_enabled(backward):
+            out = model(x)
+            if backward:
+                out.sum().backward()
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0
