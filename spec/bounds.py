@@ -13,6 +13,7 @@ import itertools
 import math
 import numbers
 import random
+import sys
 from fractions import Fraction
 
 import sympy as sp
@@ -104,8 +105,13 @@ def _dims(dims) -> int:
 def tail_bound(alpha: float, dims: int = 2) -> float:
     """B_n(alpha) = 1 - tanh(alpha/2)^dims >= 1 - p_Delta for any head of the conversion.
 
-    Evaluated in the cancellation-free form stable_tail_bound_expr (lambdified with math), so
-    it stays positive where the true tail is. alpha = inf gives 0.0.
+    Evaluated in the cancellation-free form stable_tail_bound_expr (lambdified with math) and
+    rounded up past the evaluation's own rounding (within 16 units of roundoff: exp, the powers
+    of z, at most four sums and one division of positive terms), so that the float returned is an
+    upper bound itself, where for large alpha the true tail is within an ulp of B_n. Where
+    exp(-alpha) is subnormal or underflows (alpha > ~708) B_n <= 2 n exp(-alpha) is returned from
+    exp(-alpha)'s absolute error (at most the smallest subnormal): positive wherever the true tail
+    is. alpha = inf gives 0.0.
 
     Raises:
         ValueError: alpha is not a real number > 0 (NaN included), or dims not in 1..3.
@@ -116,7 +122,11 @@ def tail_bound(alpha: float, dims: int = 2) -> float:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     if alpha == math.inf:
         return 0.0
-    return float(_STABLE[dims](math.exp(-alpha)))
+    z = math.exp(-alpha)
+    if z < sys.float_info.min:  # subnormal: only an absolute error, of one subnormal step
+        return math.nextafter(2 * dims * (z + math.ulp(0.0)), math.inf)
+    value = float(_STABLE[dims](z))
+    return math.nextafter(value * (1 + 32 * sys.float_info.epsilon / 2), math.inf)
 
 
 def output_error_bound(

@@ -203,7 +203,7 @@ def test_tail_bound_matches_closed_form_and_stays_positive():
             assert spec.tail_bound(alpha, dims) == pytest.approx(closed_form, rel=1e-12)
     # 1 - tanh(20)^2 rounds to 0 in float64; the true tail does not.
     assert spec.tail_bound(40.0) == pytest.approx(4 * math.exp(-40.0), rel=1e-9)
-    assert spec.tail_bound(800.0) == 0.0  # underflow, no OverflowError
+    assert 0 < spec.tail_bound(800.0) <= 6 * 2 * math.ulp(0.0)  # exp underflows; the true tail is > 0
     assert spec.tail_bound(math.inf) == 0.0
     values = [spec.tail_bound(a) for a in ALPHAS]
     assert all(0 < v <= 1 for v in values[:-1])
@@ -377,3 +377,19 @@ def test_spec_sources_import_only_sympy_and_the_standard_library():
     forbidden = re.compile(r"^\s*(import|from)\s+(torch|numpy|impl|verify|bench)\b", re.MULTILINE)
     for path in SPEC_DIR.glob("*.py"):
         assert not forbidden.search(path.read_text()), path.name
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_tail_bound_is_an_upper_bound_as_a_float(dims):
+    """For large alpha the infinite grid's tail 1 - theta^-n (theta = sum_m exp(-alpha m^2)) is within an
+    ulp of B_n: the float returned must still be at least it (computed to 400 digits: 1 - theta^-n cancels
+    all but the last ~17 of e^-alpha's digits, and e^-760 ~ 1e-330)."""
+    import mpmath
+
+    rng = random.Random(dims)
+    with mpmath.workdps(400):
+        for alpha in [rng.uniform(20.0, 760.0) for _ in range(300)] + [37.5, 151.77317337417924, 708.5, 745.0]:
+            a = mpmath.mpf(alpha)
+            theta = 1 + 2 * sum(mpmath.exp(-a * m * m) for m in range(1, 4))
+            exact = 1 - theta ** -dims
+            assert mpmath.mpf(spec.tail_bound(alpha, dims)) >= exact, (alpha, dims)

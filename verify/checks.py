@@ -27,10 +27,16 @@ def _difference(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
 
 
 def hard_limit(statement: str, conv, layer, x, context: str, reproduce: str) -> None:
-    """Lemma 1: the hard-limit layer equals the convolution, within both computations' rounding."""
+    """Lemma 1: the hard-limit layer equals the convolution, within both computations' rounding; and so
+    does the plain attention (one-hot softmax limit, head averages, merge: `reference.attention`, float64)
+    with the layer's parameters, since the layer itself runs a pure-shift layer as a convolution."""
+    tolerance = tolerances.hard_limit_tolerance(conv, x)
     with torch.no_grad():
-        error = _difference(layer(x), conv(x))
-    assert_within(statement, error, tolerances.hard_limit_tolerance(conv, x), context, reproduce)
+        expected = conv(x)
+        error = _difference(layer(x), expected)
+    attention = _difference(reference.attention(layer, x).output, expected)
+    assert_all_within(statement, [("max|attn - conv|", error, tolerance),
+                                  ("max|plain attention - conv|", attention, tolerance)], context, reproduce)
 
 
 def converted_gradients(statement: str, case, seed: int) -> None:
@@ -76,14 +82,24 @@ def gradients(statement: str, conv, layer, x, upstream, context: str, reproduce:
     assert_all_within(statement, checks, context, reproduce)
 
 
-def finite_alpha(statement: str, conv, layer, x, context: str, reproduce: str) -> float:
-    """output-error-bound: |attn(x) - conv(x)| <= spec.output_error_bound + rounding; returns the
-    largest error (for the tightness check)."""
+def converted_alpha(layer, alpha: float) -> tuple[str, torch.Tensor, float]:
+    """(what, error, bound): every head of a layer converted at `alpha` has that alpha, within the rounding
+    of its width sqrt(2 alpha) to the layer's dtype and of squaring it (gamma_3 relative). The bounds
+    below take alpha from the conversion's request, not from the layer they check."""
+    actual = layer.encoding.alpha.detach().double()
+    return ("max|alpha_h / alpha - 1|", (actual / alpha - 1).abs(), tolerances.gamma(3, layer.encoding.width.dtype))
+
+
+def finite_alpha(statement: str, conv, layer, x, alpha: float, context: str, reproduce: str) -> float:
+    """output-error-bound: |attn(x) - conv(x)| <= spec.output_error_bound(alpha) + rounding for the layer
+    converted from conv at `alpha` (which its heads must have); returns the largest error (for the
+    tightness check)."""
     ref = reference.attention(layer, x)
-    bound, _ = tolerances.finite_alpha_tolerance(conv, layer, x, ref)
+    bound, _ = tolerances.finite_alpha_tolerance(conv, layer, x, ref, alpha)
     with torch.no_grad():
         error = _difference(layer(x), conv(x))
-    assert_within(statement, error, bound, context, reproduce)
+    assert_all_within(statement, [converted_alpha(layer, alpha), ("max|attn - conv|", error, bound)],
+                      context, reproduce)
     return float(error.max())
 
 
@@ -101,9 +117,10 @@ def centre_keys(layer, ref: reference.Attention) -> torch.Tensor:
 
 
 def tail(statement: str, layer, probs: torch.Tensor, ref: reference.Attention, alpha_of_head: torch.Tensor,
-         context: str, reproduce: str, slack: torch.Tensor | None = None) -> None:
+         context: str, reproduce: str, slack: torch.Tensor | None = None, extra=()) -> None:
     """tail-bound: 1 - p at the key q + Delta^(h) <= spec.tail_bound(alpha_h, dims) for every head and
-    every query whose centre key exists (plus `slack`, the rounding of p, per entry)."""
+    every query whose centre key exists (plus `slack`, the rounding of p, per entry); `extra`: more
+    (what, error, bound) checks of the same example."""
     index = centre_keys(layer, ref)
     present = index >= 0
     gathered = probs.gather(-1, index.clamp(min=0)[..., None])[..., 0]          # (H, Nq)
@@ -112,7 +129,7 @@ def tail(statement: str, layer, probs: torch.Tensor, ref: reference.Attention, a
     if slack is not None:
         bound = bound + slack.gather(-1, index.clamp(min=0)[..., None])[..., 0]
     error = torch.where(present, 1 - gathered.double(), 0.0)
-    assert_within(statement, error, bound, context, reproduce, what="max(1 - p_Delta)")
+    assert_all_within(statement, [*extra, ("max(1 - p_Delta)", error, bound)], context, reproduce)
 
 
 def _on_device(layer, x, device: str):

@@ -80,7 +80,9 @@ def build_rows(records, collector: Collector) -> list[Row]:
         mine = [r for r in records if r.statement == key]
         worst = max(mine, key=lambda r: (r.ratio, r.error), default=None)
         numeric_ok = all(r.passed for r in mine) and key not in collector.failed_statements
-        verified = (symbolic is not False) and numeric_ok and (symbolic is not None or bool(mine))
+        # a proof alone is not enough: every statement is also checked numerically (a run that selected
+        # no example of it, `-k ...`, leaves it unverified)
+        verified = (symbolic is not False) and numeric_ok and bool(mine)
         rows.append(Row(key, reference, statement, symbolic, len(mine),
                         None if worst is None else worst.error, None if worst is None else worst.bound,
                         verified))

@@ -85,13 +85,14 @@ def test_a_head_moved_by_one_pixel_is_caught(case: ConvCase, data):
     first = _reads(conv, x)[axis][tap[axis]][0]  # the first pixel it reads on that axis
     step = 1 if first + 1 < x.shape[2 + axis] else -1  # ... moved to its neighbour inside the image
     layer = conv_to_attention(conv)
-    soft = conv_to_attention(conv, data.draw(strategies.alphas(16.0, 64.0), label="alpha"))
+    alpha = data.draw(strategies.alphas(16.0, 64.0), label="alpha")
+    soft = conv_to_attention(conv, alpha)
     with torch.no_grad():
         layer.encoding.centre[head, axis] += step
         soft.encoding.centre[head, axis] += step
     message = _rejects(checks.hard_limit, "lemma1", conv, layer, x, case.describe(), case.reproduce("# moved"))
     assert "max|attn - conv|" in message and "> bound" in message and "[lemma1: " in message
-    _rejects(checks.finite_alpha, "output-error-bound", conv, soft, x, case.describe(), "")
+    _rejects(checks.finite_alpha, "output-error-bound", conv, soft, x, alpha, case.describe(), "")
 
 
 @SMALL

@@ -34,7 +34,7 @@ within [1, 1.16] at the centre of a 15x15 grid (2D); 1D and 3D centres stay belo
 def test_finite_alpha_within_bound(case: ConvCase, alpha: float):
     conv, x = case.build()
     layer = conv_to_attention(conv, alpha)
-    checks.finite_alpha("output-error-bound", conv, layer, x, case.describe() + f", alpha={alpha:.4g}",
+    checks.finite_alpha("output-error-bound", conv, layer, x, alpha, case.describe() + f", alpha={alpha:.4g}",
                         case.reproduce(f"print((conv_to_attention(conv, {alpha!r})(x) - conv(x)).abs().max())"))
 
 
@@ -55,7 +55,7 @@ def test_bound_is_attained(dims, in_channels, out_channels, alpha, seed):
     x = sign.reshape(1, -1, *[1] * dims).expand(1, in_channels, *(side,) * dims).clone()
     centre = (0, slice(None), *(reach,) * dims)
     x[centre] = -sign
-    error = checks.finite_alpha("output-error-bound", conv, layer, x, case.describe() + f", alpha={alpha:.4g}",
+    error = checks.finite_alpha("output-error-bound", conv, layer, x, alpha, case.describe() + f", alpha={alpha:.4g}",
                                 case.reproduce("# adversarial input, see test_bound_is_attained"))
     kernel_l1 = float(conv.weight.detach().flatten(1).abs().sum(-1).max())
     bound = spec.output_error_bound(float(layer.encoding.alpha.detach().min()), kernel_l1, 1.0, dims)

@@ -121,7 +121,7 @@ def test_finite_alpha_tends_to_the_hard_limit(case: ConvCase):
     for alpha in LIMIT_ALPHAS:
         layer = conv_to_attention(conv, alpha)
         ref = reference.attention(layer, x)
-        bound, _ = tolerances.finite_alpha_tolerance(conv, layer, x, ref)
+        bound, _ = tolerances.finite_alpha_tolerance(conv, layer, x, ref, alpha)
         with torch.no_grad():
             error = (layer(x).double() - limit).abs()
         checks_.append((f"max|layer(alpha={alpha:g}) - layer(inf)|", error, bound))

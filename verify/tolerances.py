@@ -167,13 +167,20 @@ def _prob_terms(ref: reference.Attention, dims: int) -> int:
     return 2 * keys + 4 * dims + EXP_ROUNDINGS
 
 
+def _require_bounded(E: torch.Tensor, layer, dtype: torch.dtype) -> None:
+    """The softmax's relative error bound 2E / (1 - E) holds for E < 1 only: beyond, the bound says
+    nothing, and an example checked against it would pass whatever it computed. A failure, not a pass."""
+    if bool((E >= 1).any()):
+        raise AssertionError(f"unbounded: the scores' rounding in {dtype} gives E = {float(E.max()):.3g} >= 1 for "
+                             f"{layer.extra_repr()}; the rounding bound cannot check this example")
+
+
 def attention_rounding(layer, ref: reference.Attention, dtype: torch.dtype) -> torch.Tensor:
     """Per output (B, O, *Q): the rounding error of ONE computation of the layer in `dtype`."""
     delta = _score_errors(layer, ref, dtype)
     p = ref.probabilities
     E = (p * delta * delta.exp()).sum(-1)                                   # (.., H, Nq)
-    if bool((E >= 1).any()):
-        return torch.full((1,), math.inf, dtype=torch.float64)
+    _require_bounded(E, layer, dtype)
     relative = 2 * E / (1 - E)
     g1 = gamma(_prob_terms(ref, layer.spatial_dims), dtype)
     max_abs = float(ref.tokens.abs().max()) if ref.tokens.numel() else 0.0
@@ -203,15 +210,18 @@ def probability_tolerance(layer, ref: reference.Attention, dtype: torch.dtype) -
     delta = _score_errors(layer, ref, dtype)
     p = ref.probabilities
     E = (p * delta * delta.exp()).sum(-1, keepdim=True)
+    _require_bounded(E, layer, dtype)
     g = gamma(ref.pairs.keys.shape[0] + 2 * layer.spatial_dims + EXP_ROUNDINGS, dtype)
-    bound = p * (delta.exp() * (1 + g) / (1 - E) - 1) + torch.finfo(dtype).tiny
-    return torch.where(E < 1, bound, torch.full_like(bound, math.inf))
+    return p * (delta.exp() * (1 + g) / (1 - E) - 1) + torch.finfo(dtype).tiny
 
 
-def finite_alpha_tolerance(conv, layer, x: torch.Tensor, ref: reference.Attention) -> tuple[torch.Tensor, float]:
-    """|attn(x) - conv(x)| for a layer converted at finite alpha: spec.output_error_bound (the maths)
-    plus the rounding of both computations. Returns (per-output bound, the maths' part alone)."""
-    alpha = float(layer.encoding.alpha.detach().min())
+def finite_alpha_tolerance(conv, layer, x: torch.Tensor, ref: reference.Attention,
+                           alpha: float) -> tuple[torch.Tensor, float]:
+    """|attn(x) - conv(x)| for the layer converted from conv at finite `alpha` (the conversion's request:
+    its heads' alphas are checked against it, `checks.converted_alpha`, and may round below it, which
+    the smallest of them accounts for): spec.output_error_bound (the maths) plus the rounding of both
+    computations. Returns (per-output bound, the maths' part alone)."""
+    alpha = min(alpha, float(layer.encoding.alpha.detach().min()))
     weight = conv.weight.detach().double().abs()
     kernel_l1 = float(weight.flatten(1).sum(-1).max())
     max_abs = float(x.detach().abs().max())
