@@ -16,7 +16,7 @@ import torch
 import spec
 from impl.convert import conv_to_attention, merge_weight
 from verify import reference, tolerances
-from verify.assertions import assert_all_within, assert_within
+from verify.assertions import assert_all_within
 
 
 def _difference(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
@@ -26,17 +26,22 @@ def _difference(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     return (actual.detach().double() - expected.detach().double()).abs()
 
 
-def hard_limit(statement: str, conv, layer, x, context: str, reproduce: str) -> None:
-    """Lemma 1: the hard-limit layer equals the convolution, within both computations' rounding; and so
-    does the plain attention (one-hot softmax limit, head averages, merge: `reference.attention`, float64)
-    with the layer's parameters, since the layer itself runs a pure-shift layer as a convolution."""
+def hard_limit_checks(conv, layer, x) -> list:
+    """(what, error, bound) of Lemma 1: the hard-limit layer equals the convolution, within both
+    computations' rounding; and so does the plain attention (one-hot softmax limit, head averages, merge:
+    `reference.attention`, float64) with the layer's parameters, since the layer itself runs a
+    pure-shift layer as a convolution."""
     tolerance = tolerances.hard_limit_tolerance(conv, x)
     with torch.no_grad():
         expected = conv(x)
         error = _difference(layer(x), expected)
     attention = _difference(reference.attention(layer, x).output, expected)
-    assert_all_within(statement, [("max|attn - conv|", error, tolerance),
-                                  ("max|plain attention - conv|", attention, tolerance)], context, reproduce)
+    return [("max|attn - conv|", error, tolerance), ("max|plain attention - conv|", attention, tolerance)]
+
+
+def hard_limit(statement: str, conv, layer, x, context: str, reproduce: str) -> None:
+    """Lemma 1 for one example (`hard_limit_checks`)."""
+    assert_all_within(statement, hard_limit_checks(conv, layer, x), context, reproduce)
 
 
 def converted_gradients(statement: str, case, seed: int) -> None:
@@ -90,17 +95,22 @@ def converted_alpha(layer, alpha: float) -> tuple[str, torch.Tensor, float]:
     return ("max|alpha_h / alpha - 1|", (actual / alpha - 1).abs(), tolerances.gamma(3, layer.encoding.width.dtype))
 
 
-def finite_alpha(statement: str, conv, layer, x, alpha: float, context: str, reproduce: str) -> float:
-    """output-error-bound: |attn(x) - conv(x)| <= spec.output_error_bound(alpha) + rounding for the layer
-    converted from conv at `alpha` (which its heads must have); returns the largest error (for the
-    tightness check)."""
+def finite_alpha_checks(conv, layer, x, alpha: float) -> list:
+    """(what, error, bound) of output-error-bound: |attn(x) - conv(x)| <= spec.output_error_bound(alpha)
+    + rounding for the layer converted from conv at `alpha` (which its heads must have)."""
     ref = reference.attention(layer, x)
     bound, _ = tolerances.finite_alpha_tolerance(conv, layer, x, ref, alpha)
     with torch.no_grad():
         error = _difference(layer(x), conv(x))
-    assert_all_within(statement, [converted_alpha(layer, alpha), ("max|attn - conv|", error, bound)],
-                      context, reproduce)
-    return float(error.max())
+    return [converted_alpha(layer, alpha), ("max|attn - conv|", error, bound)]
+
+
+def finite_alpha(statement: str, conv, layer, x, alpha: float, context: str, reproduce: str) -> float:
+    """output-error-bound for one example (`finite_alpha_checks`); returns the largest error (for the
+    tightness check)."""
+    checks = finite_alpha_checks(conv, layer, x, alpha)
+    assert_all_within(statement, checks, context, reproduce)
+    return float(checks[-1][1].max())
 
 
 def centre_keys(layer, ref: reference.Attention) -> torch.Tensor:

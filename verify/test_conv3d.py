@@ -11,7 +11,6 @@ gradients within the rounding of both computations.
 from __future__ import annotations
 
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,7 +20,6 @@ from verify import checks, strategies
 from verify.assertions import assert_all_within
 from verify.cases import ConvCase
 from verify.profiles import examples
-from verify.tolerances import hard_limit_tolerance
 
 
 @pytest.mark.statement("conv3d")
@@ -31,14 +29,12 @@ def test_conv3d_hard_limit(case: ConvCase, alpha: float):
     conv, x = case.build()
     hard, soft = conv_to_attention(conv), conv_to_attention(conv, alpha)
     per_head = sum(p.numel() for p in soft.encoding.parameters()) / soft.heads
-    with torch.no_grad():
-        error = (hard(x).double() - conv(x).double()).abs() if hard(x).shape == conv(x).shape \
-            else torch.tensor(float("inf"))
     assert_all_within("conv3d", [
         ("|heads - prod(kernel)|", abs(hard.heads - spec.heads_for_kernel(conv.kernel_size)), 0),
         ("|parameters per head - D_p|", abs(per_head - spec.encoding_dim(3)), 0),
-        ("max|attn - conv|", error, hard_limit_tolerance(conv, x)),
-    ], case.describe(), case.reproduce("print((conv_to_attention(conv)(x) - conv(x)).abs().max())"))
+        *checks.hard_limit_checks(conv, hard, x), *checks.finite_alpha_checks(conv, soft, x, alpha),
+    ], case.describe() + f", alpha={alpha:.4g}",
+        case.reproduce("print((conv_to_attention(conv)(x) - conv(x)).abs().max())"))
 
 
 @pytest.mark.statement("conv3d")

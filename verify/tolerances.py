@@ -29,6 +29,13 @@ EXP_ROUNDINGS = 40
 """Rounding units charged to one exp(): torch's CPU flash-attention kernel uses a vectorised exp
 accurate to 20 ulp (= 40 u); the plain softmax's exp is within 1 ulp, so this over-covers it."""
 
+CHAIN_ROUNDINGS = 16
+"""Roundings on one term's path through the gradients' chain rule beyond the sums `gradient_tolerances`
+counts: the softmax backward p_k (u_k - sum_j p_j u_j) (a difference and a product), the score's
+derivative (alpha = width^2 / 2: a square; delta - Delta: a difference; its square and the sum over
+n <= 3 axes: at most 5; the products by alpha and by the width: 2) and the products by the upstream
+gradient and the merge weight (2): 12 at most, charged as 16."""
+
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
@@ -253,7 +260,7 @@ def gradient_tolerances(layer, x: torch.Tensor, upstream: torch.Tensor, ref: ref
     batch, heads, channels, out_dim = x.shape[0], layer.heads, layer.dim, layer.out_dim
     n_q, n_k, dims = pairs.queries.shape[0], pairs.keys.shape[0], layer.spatial_dims
     m = score_magnitude(layer, ref)[1] if ref.scores is not None else 1
-    paths = batch * n_q + 2 * n_k + out_dim * heads * channels + m + 4 * dims + EXP_ROUNDINGS + 16
+    paths = batch * n_q + 2 * n_k + out_dim * heads * channels + m + 4 * dims + EXP_ROUNDINGS + CHAIN_ROUNDINGS
     g = gamma(paths, dtype)
     rel = (probability_tolerance(layer, ref, dtype) - torch.finfo(dtype).tiny) / p
     rel = torch.where(p > 0, rel, 0.0).amax() if p.numel() else torch.tensor(0.0)
