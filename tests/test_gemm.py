@@ -1,4 +1,5 @@
-"""`impl.attention.gemm`: the oneDNN products on CPU float32 against the plain float64 formulas.
+"""`impl.attention.gemm`: the CPU float32 products, under each backend (oneDNN, BLAS), against the plain
+float64 formulas.
 
 Each result must equal the float64 product of the same float32 inputs within gamma_n (float32) of the sum
 of |terms| (n the depth of the sum), for shapes with dimensions of size 1 as well (oneDNN then returns
@@ -14,6 +15,13 @@ from verify import tolerances
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
+@pytest.fixture(params=gemm.GEMM_BACKENDS)
+def backend(request):
+    """Every product test runs under each backend, whichever this machine's default is."""
+    with gemm.backend(request.param):
+        yield request.param
+
+
 def _check(got: torch.Tensor, want: torch.Tensor, absolute: torch.Tensor, depth: int) -> None:
     assert got.dtype == torch.float32 and got.shape == want.shape and got.is_contiguous()
     bound = tolerances.gamma(depth, torch.float32) * absolute
@@ -25,8 +33,8 @@ def _randn(*shape, seed):
 
 
 @pytest.mark.parametrize("lead,c,o", [((2, 7, 5), 12, 9), ((1, 1), 3, 1), ((4, 1, 3), 1, 6), ((2, 16, 64), 40, 24)])
-def test_project_and_its_gradients(lead, c, o):
-    assert gemm.onednn_gemm(torch.empty(1))
+def test_project_and_its_gradients(lead, c, o, backend):
+    assert gemm.onednn_gemm(torch.empty(1)) == (backend == "onednn")
     u, w, g = _randn(*lead, c, seed=0), _randn(o, c, seed=1), _randn(*lead, o, seed=2)
     _check(gemm.project(u, w), u.double() @ w.double().t(), u.double().abs() @ w.double().abs().t(), c)
     grad_u, grad_w = gemm.project_backward(g, u, w)
@@ -41,7 +49,7 @@ def test_project_and_its_gradients(lead, c, o):
 
 
 @pytest.mark.parametrize("lead,m,s", [((7,), 5, 3), ((1,), 4, 1), ((6,), 1, 2), ((2304,), 16, 24), ((4, 48), 12, 8)])
-def test_transposed_matmul_and_its_gradients(lead, m, s):
+def test_transposed_matmul_and_its_gradients(lead, m, s, backend):
     """a^T b over rows (an image's transposed attention matrix E and its values V: out = E^T V), and its
     gradients b grad^T and a grad, every operand taken as channels-last rows."""
     a, b, g = _randn(*lead, m, seed=9), _randn(*lead, s, seed=10), _randn(m, s, seed=11)
@@ -61,7 +69,7 @@ def test_transposed_matmul_and_its_gradients(lead, m, s):
 
 
 @pytest.mark.parametrize("n,m,d,s", [(3, 5, 7, 4), (1, 2, 3, 1), (4, 1, 6, 9)])
-def test_matmul_of_one_matrix_by_a_batch(n, m, d, s):
+def test_matmul_of_one_matrix_by_a_batch(n, m, d, s, backend):
     """One a (M, D) by every matrix of b (n, D, S): a shared attention matrix by each image's values."""
     a, b = _randn(m, d, seed=6), _randn(n, d, s, seed=7)
     _check(gemm.matmul(a, b), a.double() @ b.double(), a.double().abs() @ b.double().abs(), d)
@@ -73,10 +81,32 @@ def test_other_dtypes_take_the_plain_products():
     g = torch.randn(3, 5, dtype=torch.float64)
     assert not gemm.onednn_gemm(a)
     assert torch.equal(gemm.transposed_matmul(a, b), a.t() @ b)
-    assert torch.equal(gemm.matmul(a.t(), b[None]), (a.t() @ b)[None])
+    assert torch.equal(gemm.matmul(a.t(), b[None]), torch.matmul(a.t(), b[None]))
     grad_a, grad_b = gemm.transposed_matmul_backward(g, a, b)
     assert torch.equal(grad_a, b @ g.t()) and torch.equal(grad_b, a @ g)
     u, w = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
     gu = torch.randn(2, 3, 6, dtype=torch.float64)
     grad_u, grad_w = gemm.project_backward(gu, u, w)
     assert torch.allclose(grad_u, gu @ w) and torch.allclose(grad_w, gu.reshape(-1, 6).t() @ u.reshape(-1, 4))
+
+
+@pytest.mark.parametrize("vendor,expected", [("AuthenticAMD", "onednn"), ("GenuineIntel", "blas"), ("", "blas")])
+def test_auto_backend_follows_the_cpu_vendor(monkeypatch, vendor, expected):
+    monkeypatch.delenv("ATTENTION_CNN_GEMM", raising=False)
+    monkeypatch.setattr(gemm, "cpu_vendor", lambda: vendor)
+    assert gemm.default_backend() == expected
+    for choice in gemm.GEMM_BACKENDS:  # the environment overrides the vendor
+        monkeypatch.setenv("ATTENTION_CNN_GEMM", choice)
+        assert gemm.default_backend() == choice
+
+
+def test_bad_backend_names_are_refused(monkeypatch):
+    monkeypatch.setenv("ATTENTION_CNN_GEMM", "mkl")
+    with pytest.raises(ValueError, match="ATTENTION_CNN_GEMM must be one of auto, onednn, blas"):
+        gemm.default_backend()
+    before = gemm.current_backend()
+    with pytest.raises(ValueError, match="backend must be one of onednn, blas"):
+        with gemm.backend("cublas"):
+            pass
+    assert gemm.current_backend() == before
+

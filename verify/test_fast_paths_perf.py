@@ -30,7 +30,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from impl.attention import dense_merge, mixing
+from impl.attention import dense_merge, gemm, mixing
 from impl.attention.dense_merge import attention_keep_mask
 from impl.dropout import keep_probability
 from verify import reference, strategies, tolerances
@@ -39,6 +39,16 @@ from verify.cases import ConvertedCase, LayerCase
 from verify.profiles import examples
 
 STATEMENT = "fast-paths"
+
+PATH_DTYPES = ("float64", "float32-onednn", "float32-blas")
+"""The fused paths' dtypes: float32 under each CPU GEMM backend (`impl.attention.gemm`), whatever this
+machine's default."""
+
+
+def path_dtype_of(name: str) -> tuple[torch.dtype, contextlib.AbstractContextManager]:
+    """A `PATH_DTYPES` name as (dtype, the context that sets its GEMM backend)."""
+    dtype, _, backend = name.partition("-")
+    return getattr(torch, dtype), gemm.backend(backend) if backend else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -247,7 +257,7 @@ def _plain_per_image(x, weight, bias, probs):
 
 
 @pytest.mark.statement(STATEMENT)
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", PATH_DTYPES)
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-chunked", "autograd"])
 @examples(0.3)
 @given(batch=st.integers(1, 3), heads=st.integers(1, 4), channels=st.integers(1, 4), out_dim=st.integers(1, 4),
@@ -258,7 +268,7 @@ def test_per_image_probabilities_equal_plain_path(dtype, fused, batch, heads, ch
     not summing to 1). Output and gradients wrt x, W, b and the probabilities equal mix_dense + merge_heads
     in float64 on the same inputs within twice gamma_n (of the path's dtype) of the sums of |terms| (those
     sums: the same computation on absolute values). In float32 on CPU the per-image products go through
-    oneDNN (`mixing._per_image_apply`), in float64 through batched matmuls."""
+    oneDNN (`mixing._per_image_apply`) or BLAS, in float64 through batched matmuls."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, channels, tokens, generator=g, dtype=torch.float64)
     probs = torch.rand(batch, heads, queries, tokens, generator=g, dtype=torch.float64)
@@ -274,10 +284,10 @@ def test_per_image_probabilities_equal_plain_path(dtype, fused, batch, heads, ch
         (out * upstream).sum().backward()
         return [out.detach()] + [t.grad for t in leaves] + ([] if b_leaf is None else [b_leaf.grad])
 
-    path_dtype = getattr(torch, dtype)
+    path_dtype, gemm_backend = path_dtype_of(dtype)
     x, weight, probs, upstream = (t.to(path_dtype).double() for t in (x, weight, probs, upstream))
     b = None if b is None else b.to(path_dtype).double()
-    with one_image_chunks():
+    with one_image_chunks(), gemm_backend:
         fast = run(lambda *a: mixing.positional_merge(*a, fused=fused),
                    *(None if t is None else t.to(path_dtype) for t in (x, weight, b, probs, upstream)))
     plain = run(_plain_per_image, x, weight, b, probs, upstream)
@@ -293,7 +303,7 @@ def test_per_image_probabilities_equal_plain_path(dtype, fused, batch, heads, ch
 
 @pytest.mark.statement(STATEMENT)
 @pytest.mark.parametrize("device", strategies.DEVICES)
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", PATH_DTYPES)
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-masked-per-chunk", "autograd-materialised"])
 @examples(0.3)
 @given(batch=st.integers(1, 3), heads=st.integers(1, 4), channels=st.integers(1, 4), out_dim=st.integers(1, 4),
@@ -314,7 +324,7 @@ def test_attention_dropout_equals_plain_path_on_the_same_mask(device, dtype, fus
     probs = torch.softmax(torch.randn(heads, queries, tokens, generator=g, dtype=torch.float64), -1)
     weight = torch.randn(out_dim, heads * channels, generator=g, dtype=torch.float64)
     upstream = torch.randn(batch, out_dim, queries, generator=g, dtype=torch.float64)
-    path_dtype = getattr(torch, dtype)
+    path_dtype, gemm_backend = path_dtype_of(dtype)
     x, weight, probs, upstream = (t.to(path_dtype).double() for t in (x, weight, probs, upstream))
     torch.manual_seed(seed)
     keep = attention_keep_mask(batch, probs.shape, p, device).cpu()
@@ -332,7 +342,7 @@ def test_attention_dropout_equals_plain_path_on_the_same_mask(device, dtype, fus
         torch.manual_seed(seed)  # the same mask as `keep`
         return mixing.positional_merge(x, weight, None, probs, fused=fused, dropout=p)
 
-    with one_image_chunks():
+    with one_image_chunks(), gemm_backend:
         got = run(fast, *(t.to(device, path_dtype) for t in (x, weight, probs, upstream)))
     want = run(plain, x, weight, probs, upstream)
     absolute = run(plain, x.abs(), weight.abs(), probs, upstream.abs())
@@ -378,7 +388,7 @@ def test_product_merge_with_a_fixed_encoding_equals_dense_path(case: ConvertedCa
 
 
 @pytest.mark.statement(STATEMENT)
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", PATH_DTYPES)
 @pytest.mark.parametrize("fixed", [False, True], ids=["probabilities-trained", "probabilities-fixed"])
 @examples(0.3)
 @given(batch=st.integers(1, 2), row_groups=st.integers(1, 3), col_groups=st.integers(1, 3),
@@ -390,7 +400,7 @@ def test_shared_matrices_equal_plain_path(dtype, fixed, batch, row_groups, col_g
     matrices once) on separable probabilities, with the probabilities' gradients or without them (fixed
     encodings: `_fixed_probs_backward`). Output and gradients equal mix_separable + merge_heads in float64
     on the same inputs within twice gamma_n (of the path's dtype) of the sums of |terms|, n bounding every
-    chain of sums. In float32 on CPU the GEMMs go through oneDNN."""
+    chain of sums. In float32 on CPU the GEMMs go through oneDNN or BLAS."""
     assume(row_groups * col_groups >= 2)  # one head shares nothing: not a ProductMerge case
     q0, k0, q1, k1 = sizes
     g = torch.Generator().manual_seed(seed)
@@ -418,12 +428,12 @@ def test_shared_matrices_equal_plain_path(dtype, fixed, batch, row_groups, col_g
         grads = [t.grad for t in leaves + ([] if fixed else probs)]
         return [out.detach()] + grads + ([] if b_leaf is None else [b_leaf.grad])
 
-    path_dtype = getattr(torch, dtype)
+    path_dtype, gemm_backend = path_dtype_of(dtype)
     x, weight, query_probs, key_probs, upstream = (t.to(path_dtype).double()
                                                    for t in (x, weight, query_probs, key_probs, upstream))
     b = None if b is None else b.to(path_dtype).double()
     assert mixing.product_groups(query_probs, [key_probs]) is not None
-    with one_image_chunks():
+    with one_image_chunks(), gemm_backend:
         fast = run(lambda x, w, b, qp, kp: mixing.positional_merge(x, w, b, qp, [kp], fused=True),
                    *(None if t is None else t.to(path_dtype) for t in (x, weight, b, query_probs, key_probs,
                                                                        upstream)))

@@ -23,6 +23,7 @@ import math
 import torch
 
 import spec
+from impl.attention.encodings import probability_floor
 from verify import reference
 
 EXP_ROUNDINGS = 40
@@ -35,6 +36,13 @@ counts: the softmax backward p_k (u_k - sum_j p_j u_j) (a difference and a produ
 derivative (alpha = width^2 / 2: a square; delta - Delta: a difference; its square and the sum over
 n <= 3 axes: at most 5; the products by alpha and by the width: 2) and the products by the upstream
 gradient and the merge weight (2): 12 at most, charged as 16."""
+
+
+def negligible(dtype: torch.dtype) -> float:
+    """How far one probability of a layer computing in dtype may be from its exact value besides the
+    softmax's rounding: exp underflows below `tiny`, and the layer drops probabilities below
+    `impl.attention.encodings.probability_floor` (eps^2 in float32)."""
+    return torch.finfo(dtype).tiny + probability_floor(dtype)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -191,7 +199,7 @@ def attention_rounding(layer, ref: reference.Attention, dtype: torch.dtype) -> t
     relative = 2 * E / (1 - E)
     g1 = gamma(_prob_terms(ref, layer.spatial_dims), dtype)
     max_abs = float(ref.tokens.abs().max()) if ref.tokens.numel() else 0.0
-    underflow = ref.pairs.keys.shape[0] * torch.finfo(dtype).tiny
+    underflow = ref.pairs.keys.shape[0] * negligible(dtype)
     head = ((relative + g1 + relative * g1) * max_abs + underflow * max_abs)  # (.., H, Nq)
     if head.dim() == 2:
         head = head[None]
@@ -219,7 +227,7 @@ def probability_tolerance(layer, ref: reference.Attention, dtype: torch.dtype) -
     E = (p * delta * delta.exp()).sum(-1, keepdim=True)
     _require_bounded(E, layer, dtype)
     g = gamma(ref.pairs.keys.shape[0] + 2 * layer.spatial_dims + EXP_ROUNDINGS, dtype)
-    return p * (delta.exp() * (1 + g) / (1 - E) - 1) + torch.finfo(dtype).tiny
+    return p * (delta.exp() * (1 + g) / (1 - E) - 1) + negligible(dtype)
 
 
 def finite_alpha_tolerance(conv, layer, x: torch.Tensor, ref: reference.Attention,
@@ -262,7 +270,7 @@ def gradient_tolerances(layer, x: torch.Tensor, upstream: torch.Tensor, ref: ref
     m = score_magnitude(layer, ref)[1] if ref.scores is not None else 1
     paths = batch * n_q + 2 * n_k + out_dim * heads * channels + m + 4 * dims + EXP_ROUNDINGS + CHAIN_ROUNDINGS
     g = gamma(paths, dtype)
-    rel = (probability_tolerance(layer, ref, dtype) - torch.finfo(dtype).tiny) / p
+    rel = (probability_tolerance(layer, ref, dtype) - negligible(dtype)) / p
     rel = torch.where(p > 0, rel, 0.0).amax() if p.numel() else torch.tensor(0.0)
     rel = float(rel)
     factor = rel * (1 + g) + g
@@ -273,15 +281,15 @@ def gradient_tolerances(layer, x: torch.Tensor, upstream: torch.Tensor, ref: ref
     g_abs = upstream.detach().abs().double()
     out = reference.attention(twin, x_abs, differentiable=True).output
     (out * g_abs).sum().backward()
-    # probabilities that underflow in dtype err by at most `tiny` each
-    tiny = torch.finfo(dtype).tiny
+    # probabilities that underflow or are dropped as negligible err by at most `negligible` each
+    floor = negligible(dtype)
     w_abs = layer.merge.weight.detach().double().abs().reshape(out_dim, heads, channels)
     tokens_abs = ref.tokens.detach().abs()                                         # (B, Nk, C)
     g_sum = torch.einsum("boq,ohc->bc", g_abs.flatten(2), w_abs)                   # sum_{o,h,q} |g||W|
     gx_sum = torch.einsum("boq,bkc->oc", g_abs.flatten(2), tokens_abs)             # sum_{b,q,k} |g||x|
-    bounds = {"x": factor * x_abs.grad + tiny * g_sum.reshape(*g_sum.shape, *[1] * dims),
+    bounds = {"x": factor * x_abs.grad + floor * g_sum.reshape(*g_sum.shape, *[1] * dims),
               "merge.weight": factor * twin.merge.weight.grad
-              + tiny * gx_sum[:, None, :].expand(out_dim, heads, channels).reshape(out_dim, -1)}
+              + floor * gx_sum[:, None, :].expand(out_dim, heads, channels).reshape(out_dim, -1)}
     if layer.merge.bias is not None:
         bounds["merge.bias"] = gamma(batch * n_q, dtype) * twin.merge.bias.grad
     if dtype != torch.float64 or ref.scores is None:

@@ -25,9 +25,10 @@ chunk of images; V is saved instead of recomputed.
 Without dropout every image has the same matrix E = P^T: the forward is one call over the batch
 (`gemm.matmul`, D = E^T by every V_i: 5% faster than image by image, though oneDNN converts the values
 to its blocked layout and back); the backward runs image by image as under dropout (as fast as one call
-over each chunk). The products run image by image through oneDNN (CPU float32: `gemm`), elsewhere (CUDA,
-float64) as batched matmuls over a chunk, whose dropped-out matrices (chunk, K * H, Q) are then held (the
-whole batch off the CPU). These are the same sums; verify/ checks each against the plain formula.
+over each chunk). On CPU the products run image by image, through oneDNN or BLAS (`gemm`'s backend for
+the machine), elsewhere (CUDA, and while torch.compile traces) as batched matmuls over a chunk, whose
+dropped-out matrices (chunk, K * H, Q) are then held (the whole batch off the CPU). These are the same
+sums; verify/ checks each against the plain formula.
 
 Measured against the per-head path this replaces (`mixing.PositionalMerge`: a projection and a
 256 x 256 by 256 x 400 product per head and image, recomputed for the weight gradient), docs/RESULTS.md.
@@ -38,7 +39,7 @@ from __future__ import annotations
 import torch
 
 from ..dropout import as_factor, keep_mask
-from .gemm import (images_per_chunk, matmul, onednn_gemm, project, project_backward, transposed_matmul,
+from .gemm import (image_loops, images_per_chunk, matmul, project, project_backward, transposed_matmul,
                    transposed_matmul_backward)
 
 # Images per chunk of the backward: its GEMMs over a chunk's tokens (the merge's weight gradient and x's
@@ -93,7 +94,7 @@ class DenseMerge(torch.autograd.Function):
         shared = (probs * scale).permute(2, 0, 1).contiguous()                   # E without dropout: (K, H, Q)
         if keep is None:  # one matrix for every image: one call over the batch
             out = matmul(shared.view(keys * heads, queries).t(), stacked)
-        elif onednn_gemm(values):
+        elif image_loops(values):
             out, dropped = x.new_empty(batch, queries, out_dim), torch.empty_like(shared)
             for i in range(batch):
                 matrix = torch.mul(shared, as_factor(keep[i]), out=dropped)
@@ -122,7 +123,7 @@ class DenseMerge(torch.autograd.Function):
         out_dim = weight.shape[0]
         w_all = heads_major(weight, heads)
         need_values = need_x or need_w
-        per_image = onednn_gemm(values)
+        per_image = image_loops(values)
         stacked = values.reshape(batch, keys * heads, out_dim)
         grad_cl = grad.transpose(1, 2).contiguous()                              # (B, Q, O)
         shared = (probs * ctx.scale).permute(2, 0, 1).contiguous()               # (K, H, Q)

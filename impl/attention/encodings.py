@@ -53,6 +53,32 @@ def width_of(alpha, dtype: torch.dtype) -> float:
     return width
 
 
+def probability_floor(dtype: torch.dtype) -> float:
+    """Attention probabilities below this are set to 0 (`drop_negligible`): eps^2 in float32 (1.4e-14),
+    none in float64 (the dtype of the checks)."""
+    return torch.finfo(torch.float32).eps ** 2 if dtype == torch.float32 else 0.0
+
+
+def drop_negligible(probs: torch.Tensor) -> torch.Tensor:
+    """probs with every entry below `probability_floor` set to 0.
+
+    Far keys of a quadratic head get probabilities like exp(-alpha d^2) that land among the subnormal
+    numbers (below 1.2e-38 in float32), and products of small probabilities with small gradients do too;
+    on Intel CPUs every operation with a subnormal operand or result takes a microcode assist: a 16x16
+    row matrix with 22 subnormal entries made its mixing pass 18x slower there, and the attention
+    products of the paper's model ran at a fifth of the GEMM rate (docs/RESULTS.md). Above eps^2, a
+    probability times anything above tiny / eps^2 (6e-25) stays normal. Each probability moves by less
+    than eps^2, far below the rounding of any average it enters (eps times its largest probability,
+    at least 1 / keys); verify/'s bounds charge it with the underflow of exp."""
+    floor = probability_floor(probs.dtype)
+    return probs.masked_fill(probs < floor, 0) if floor else probs
+
+
+def attention_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """softmax over the last axis, negligible probabilities dropped (`drop_negligible`)."""
+    return drop_negligible(logits.softmax(-1))
+
+
 class RelativeEncoding(nn.Module):
     """Base: `heads` heads over a `spatial_dims`-dimensional grid."""
 
@@ -68,7 +94,7 @@ class RelativeEncoding(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} is not separable")
 
     def axis_probabilities(self, axis: int, offsets: torch.Tensor) -> torch.Tensor:
-        return self.axis_logits(axis, offsets).softmax(-1)
+        return attention_softmax(self.axis_logits(axis, offsets))
 
     def dense_logits(self, axis_offsets: Sequence[torch.Tensor]) -> torch.Tensor:
         """Scores (heads, Nq, Nk) over flattened query and key grids, from per-axis offset tables."""

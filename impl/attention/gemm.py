@@ -1,9 +1,13 @@
-"""The float32 GEMMs of the attention layers' fast paths, through oneDNN on CPU.
+"""The float32 GEMMs of the attention layers' fast paths, through oneDNN or BLAS on CPU.
 
-On this project's CPUs (AMD, AVX-512) MKL's float32 GEMM, behind `torch.mm`, `bmm` and `nn.Linear`, runs at
-about half the rate of oneDNN's convolution kernels (100-110 against 200-470 GFLOP/s, docs/RESULTS.md), so
-products of float32 CPU tensors are written as 1x1 convolutions; anything else (CUDA, float64, half
-precision) takes the plain torch op.
+Which library multiplies float32 matrices fastest depends on the CPU (docs/RESULTS.md): on AMD CPUs
+(AVX-512) MKL's float32 GEMM, behind `torch.mm`, `bmm` and `nn.Linear`, runs at about half the rate of
+oneDNN's convolution kernels (100-110 against 200-470 GFLOP/s), while on Intel CPUs MKL runs these shapes
+faster than oneDNN (300-318 against 208-272 GFLOP/s on a 2-core Xeon with AVX-512 and AMX). So the
+backend is chosen per machine (`GEMM_BACKENDS`, `backend`): with "onednn" the products of float32 CPU
+tensors are written as 1x1 convolutions, with "blas" (and for anything else: CUDA, float64, half
+precision) they are the plain torch ops. Both compute the same sums; tests/test_gemm.py checks each
+function under both.
 
 - `project`: tokens (.., C) by a weight (O, C): u @ w.T, channels-last (an NHWC 1x1 convolution).
 - `project_backward`: the gradients of that product wrt the weight, the sum over rows of g^T y, and wrt
@@ -23,7 +27,9 @@ backward take them.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from typing import Sequence
 
 import torch
@@ -35,14 +41,68 @@ import torch.nn.functional as F
 _PRODUCT_IMAGES = 16
 
 
+GEMM_BACKENDS = ("onednn", "blas")
+"""Where the CPU's float32 products go: oneDNN's convolution kernels (1x1 convolutions on channels-last
+tokens), or torch's matrix products (MKL on x86)."""
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id as Linux reports it ("GenuineIntel", "AuthenticAMD", ..), "" where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def default_backend() -> str:
+    """$ATTENTION_CNN_GEMM ("onednn", "blas" or "auto", the default); "auto" takes oneDNN on AMD CPUs,
+    where MKL's float32 GEMM runs at half oneDNN's rate, and BLAS elsewhere."""
+    choice = os.environ.get("ATTENTION_CNN_GEMM", "auto")
+    if choice not in ("auto", *GEMM_BACKENDS):
+        raise ValueError(f"ATTENTION_CNN_GEMM must be one of auto, {', '.join(GEMM_BACKENDS)}; got {choice!r}")
+    if choice != "auto":
+        return choice
+    return "onednn" if cpu_vendor() == "AuthenticAMD" else "blas"
+
+
+_backend = default_backend()
+
+
+def current_backend() -> str:
+    return _backend
+
+
+@contextlib.contextmanager
+def backend(name: str):
+    """The CPU GEMM backend set to `name` (one of `GEMM_BACKENDS`) inside the block (tests, benchmarks)."""
+    global _backend
+    if name not in GEMM_BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(GEMM_BACKENDS)}, got {name!r}")
+    saved, _backend = _backend, name
+    try:
+        yield
+    finally:
+        _backend = saved
+
+
 def onednn_gemm(t: torch.Tensor) -> bool:
-    """oneDNN's convolution is the fastest float32 GEMM torch has on CPU (MKL's sgemm runs at half its
-    speed on some x86 CPUs); use it through a 1x1 convolution on channels-last tokens. Not while
-    torch.compile traces: its fake tensors cannot go through oneDNN's ops (the compiler then picks the
-    GEMMs itself)."""
+    """Whether t's float32 products go through oneDNN's convolution kernels (the "onednn" backend, on CPU,
+    oneDNN available). Not while torch.compile traces: its fake tensors cannot go through oneDNN's ops
+    (the compiler then picks the GEMMs itself)."""
     # is_compiling first: the tracer cannot read torch.backends' flags (a graph break at every call)
-    return not torch.compiler.is_compiling() and t.device.type == "cpu" and t.dtype == torch.float32 \
-        and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    return not torch.compiler.is_compiling() and _backend == "onednn" and t.device.type == "cpu" \
+        and t.dtype == torch.float32 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
+def image_loops(t: torch.Tensor) -> bool:
+    """Whether the fused paths multiply image by image (CPU, either backend: each product is large enough
+    for the GEMM rate, and no chunk of per-image matrices is held) rather than as batched products over
+    a chunk (CUDA, and while torch.compile traces)."""
+    return not torch.compiler.is_compiling() and t.device.type == "cpu"
 
 
 def images_per_chunk(batch: int, image_bytes: int, device: torch.device, budget: int) -> int:

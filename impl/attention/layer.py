@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .encodings import ENCODINGS, LearnedEncoding, QuadraticEncoding, RelativeEncoding, build_encoding
+from .encodings import (ENCODINGS, LearnedEncoding, QuadraticEncoding, RelativeEncoding, attention_softmax,
+                        build_encoding, drop_negligible)
 from .geometry import Geometry
 from .gemm import project
 from .mixing import (content_attention, flex_content, positional_merge, pure_shifts, shifts_as_conv,
@@ -206,7 +207,7 @@ class RelativeSelfAttention(nn.Module):
             if self.hard and all(bool((p.amax(-1) == 1).all()) for p in probs):
                 return ("shifts", [p.argmax(-1) for p in probs])
             return ("separable", probs)
-        return ("dense", self.encoding.dense_logits(offsets).softmax(-1))
+        return ("dense", attention_softmax(self.encoding.dense_logits(offsets)))
 
     def attention_probabilities(self, spatial_shape: Sequence[int], dtype=torch.float32,
                                 device=None) -> torch.Tensor:
@@ -231,7 +232,7 @@ class RelativeSelfAttention(nn.Module):
         for probs in value[1:]:
             dense = torch.einsum("hqk,hrl->hqrkl", dense, probs)
             dense = dense.reshape(dense.shape[0], dense.shape[1] * dense.shape[2], -1)
-        return dense
+        return drop_negligible(dense)  # products of small probabilities
 
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

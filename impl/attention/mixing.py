@@ -19,7 +19,7 @@ The fast paths, which return the merged output (B, O, *Q) directly and never hol
 - `shifts_merge`: any other hard-limit heads: one gather into channels-last tokens, one projection.
 - `positional_merge`: positional (batch-free) attention, separable or dense. Separable heads, head by
   head: the key-side axes are mixed first (small batched matmuls on channels-last tokens), the head's
-  block of the merge projects the channels (the large GEMM; through oneDNN on CPU float32, `gemm`), and
+  block of the merge projects the channels (the large GEMM; oneDNN or BLAS on CPU float32, `gemm`), and
   the query-side axis is mixed last, accumulating into the output. `PositionalMerge` does this in chunks
   of images with a hand-written backward that recomputes the per-head tensors instead of keeping them;
   `positional_merge_autograd` is the same computation left to autograd (autocast, half precision). Heads

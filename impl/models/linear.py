@@ -1,10 +1,10 @@
 """`TokenLinear`: the transformer's per-token linear maps, on oneDNN's GEMM where that is the fast one.
 
-On this project's CPUs (AMD, AVX-512) MKL's float32 GEMM behind `nn.Linear` runs at about 110 GFLOP/s
-and oneDNN's at about 265 (a 4,096 x 400 by 400 x 512 product, one thread; docs/RESULTS.md), so token
-tensors (B, ..., C) of float32 on CPU go through `gemm.project` (a 1x1 convolution, differentiable).
-Everywhere else (CUDA, autocast, other dtypes, 2-D inputs, oneDNN off) it is `nn.Linear` itself; the
-decision is `gemm.onednn_gemm`'s, the one the attention layers' GEMMs take.
+On AMD CPUs (AVX-512) MKL's float32 GEMM behind `nn.Linear` runs at about 110 GFLOP/s and oneDNN's at
+about 265 (a 4,096 x 400 by 400 x 512 product, one thread; docs/RESULTS.md), so there token tensors
+(B, ..., C) of float32 go through `gemm.project` (a 1x1 convolution, differentiable). Everywhere else
+(Intel CPUs, where MKL is the faster one; CUDA, autocast, other dtypes, 2-D inputs, oneDNN off) it is
+`nn.Linear` itself; the decision is `gemm.onednn_gemm`'s, the one the attention layers' GEMMs take.
 """
 
 from __future__ import annotations
