@@ -463,6 +463,11 @@ def test_product_groups_finds_the_shared_matrices():
             assert torch.equal(query_probs[table[r, k]], query_probs[table[r, 0]])
             assert torch.equal(key_probs[table[r, k]], key_probs[table[0, k]])
     assert not torch.equal(query_probs[table[0, 0]], query_probs[table[1, 0]])
+    # heads listed row group by row group (a converted convolution's taps): the table in that order, so
+    # each row group's merge blocks are a slice of the weight
+    ordered = [(r, k) for r in range(2) for k in range(3)]
+    table = mixing.product_groups(torch.stack([rows[r] for r, _ in ordered]), [torch.stack([cols[k] for _, k in ordered])])
+    assert torch.equal(table.flatten(), torch.arange(6))
     # a pair missing (two heads on the same pair): no product
     repeated = heads[:-1] + [heads[0]]
     assert mixing.product_groups(torch.stack([rows[r] for r, _ in repeated]),

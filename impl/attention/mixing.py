@@ -336,7 +336,34 @@ def product_groups(query_probs: torch.Tensor, key_probs: Sequence[torch.Tensor])
         return None
     table = torch.full((n_rows, n_cols), -1, dtype=torch.long)
     table[rows.cpu(), cols.cpu()] = torch.arange(heads)
-    return table if bool((table >= 0).all()) else None
+    if not bool((table >= 0).all()):
+        return None
+    # The groups in the heads' order (any order computes the same): a converted convolution's table is
+    # then 0 .. heads - 1 row by row, and each row group's merge blocks are a slice of the weight.
+    table = table[:, table[0].argsort()]
+    return table[table[:, 0].argsort()]
+
+
+def _in_order(table: torch.Tensor) -> bool:
+    """Whether `table` lists the heads 0 .. heads - 1 row by row (each row group's heads consecutive)."""
+    return torch.equal(table.flatten(), torch.arange(table.numel(), device=table.device))
+
+
+def _row_blocks(weight: torch.Tensor, table: torch.Tensor, channels: int) -> list[torch.Tensor]:
+    """Each row group's merge blocks side by side, (O, Gk * C): [W_r1 | .. | W_rGk] for row group r."""
+    out_dim, (n_rows, n_cols) = weight.shape[0], table.shape
+    if _in_order(table):  # slices of the weight: no copies
+        return list(weight.view(out_dim, n_rows, n_cols * channels).unbind(1))
+    blocks = weight.view(out_dim, -1, channels)
+    return [blocks[:, table[r]].reshape(out_dim, n_cols * channels) for r in range(n_rows)]
+
+
+def _row_blocks_t(weight: torch.Tensor, table: torch.Tensor, channels: int) -> list[torch.Tensor]:
+    """The transposes of `_row_blocks`, (Gk * C, O) contiguous: one transposing copy of the weight when in
+    order, one per row group otherwise."""
+    if _in_order(table):
+        return list(weight.t().contiguous().view(table.shape[0], -1, weight.shape[0]).unbind(0))
+    return [w.t().contiguous() for w in _row_blocks(weight, table, channels)]
 
 
 class ProductMerge(torch.autograd.Function):
@@ -361,8 +388,7 @@ class ProductMerge(torch.autograd.Function):
         out_dim = weight.shape[0]
         rows = query_probs[table[:, 0]]                                          # (Gq, Q0, K0)
         stacked = key_probs[table[0]].transpose(0, 1).reshape(q1 * n_cols, k1)   # row (q1, k) = C_k[q1]
-        blocks = weight.view(out_dim, -1, channels)
-        w_rows = [blocks[:, table[r]].reshape(out_dim, n_cols * channels) for r in range(n_rows)]
+        w_rows = _row_blocks(weight, table, channels)
         out = x.new_empty(batch, out_dim, q0, q1)
         image = max(k0, q0) * q1 * n_cols * max(channels, out_dim)
         chunk = _chunk(batch, image, x.element_size(), x.device, PRODUCT_CHUNK_BYTES)
@@ -391,14 +417,13 @@ class ProductMerge(torch.autograd.Function):
         rows_t = query_probs[table[:, 0]].transpose(1, 2).contiguous()           # (Gq, K0, Q0)
         stacked = key_probs[table[0]].transpose(0, 1).reshape(q1 * n_cols, k1)
         stacked_t = stacked.t().contiguous()                                     # (K1, Q1 * Gk)
-        blocks = weight.view(out_dim, -1, channels)
-        w_rows = [blocks[:, table[r]].reshape(out_dim, n_cols * channels) for r in range(n_rows)]
         grad_x = torch.empty_like(x) if need_x else None
         grad_w = x.new_zeros(n_rows, out_dim, n_cols * channels) if need_w else None
         if not (need_q or need_k):  # fixed encodings: every row group at once (`_fixed_probs_backward`)
-            _fixed_probs_backward(grad, x, rows_t, stacked, stacked_t, w_rows, ctx.chunk, grad_x, grad_w)
+            _fixed_probs_backward(grad, x, rows_t, stacked, stacked_t, _row_blocks(weight, table, channels),
+                                  ctx.chunk, grad_x, grad_w)
         else:
-            w_rows_t = [w.t().contiguous() for w in w_rows]
+            w_rows_t = _row_blocks_t(weight, table, channels)
             # per row group, summed over images (and for the rows over Q1) only at the end: (Q1 * Gk, Q0, K0)
             # and (Q1 * Gk, K1), the row (q1, k) belonging to head table[r, k]
             acc_q = [x.new_zeros(q1 * n_cols, q0, k0) for _ in range(n_rows)] if need_q else None
@@ -434,7 +459,9 @@ class ProductMerge(torch.autograd.Function):
                     gx = axis_apply(stacked_t, grad_u.reshape(b, k0, q1 * n_cols, channels), 1)  # (b, K0, K1, C)
                     grad_x[start:stop] = gx.movedim(-1, 1)
         grad_weight = None
-        if need_w:
+        if need_w and _in_order(table):
+            grad_weight = grad_w.transpose(0, 1).reshape_as(weight)
+        elif need_w:
             grad_weight = torch.zeros_like(weight).view(out_dim, -1, channels)
             for r in range(n_rows):
                 grad_weight[:, table[r]] = grad_w[r].view(out_dim, n_cols, channels)
