@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from impl.allocator import retain_freed_memory
-from impl.attention import RelativeSelfAttention
+from impl.attention import RelativeSelfAttention, gemm
 from impl.convert import conv_to_attention
 
 # Every benchmark process keeps freed memory for re-use, as the trainer does (both sides of each
@@ -52,10 +52,12 @@ LAYER_PATHS = (
 
 
 def header(where: str, details: str) -> str:
-    """The first line of every command-line table: date, torch, the machine (`where`), load, allocator."""
+    """The first line of every command-line table: date, torch, the machine (`where`, the CPU's vendor and
+    the CPU GEMM backend), load, allocator."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     malloc = "retained" if RETAINED_MEMORY else "system"
-    return (f"# {datetime.date.today()}  torch {torch.__version__}  {where}  load average {load:.1f}  "
+    cpu = f"{gemm.cpu_vendor() or 'cpu'}, gemm {gemm.current_backend()}"
+    return (f"# {datetime.date.today()}  torch {torch.__version__}  {where}  {cpu}  load average {load:.1f}  "
             f"malloc {malloc}  {details}")
 
 

@@ -207,6 +207,17 @@ def test_flop_rate_prints_both_models(tiny, capsys):
     assert "FLOP rate sa_quadratic / resnet18: median" in out
 
 
+def test_subnormals_compares_the_plain_softmax_with_the_layers_probabilities(capsys):
+    from bench import subnormals
+
+    assert subnormals.main(["--rounds", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    counts = re.search(r"subnormal entries: plain softmax (\d+), the layer's (\d+)", out)
+    assert counts and int(counts[1]) > 0 and int(counts[2]) == 0
+    rows = [line for line in out.splitlines() if line.startswith("| mixing pass") or line.startswith("| attention")]
+    assert len(rows) == 4 and all(float(row.strip("|").split("|")[1]) > 0 for row in rows)
+
+
 def test_profile_layer_lists_the_ops_of_both(tiny, capsys):
     from bench import profile_layer
 
