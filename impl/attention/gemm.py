@@ -138,6 +138,15 @@ def project(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) 
     return F.linear(u, w, bias)
 
 
+def project_operand(w: torch.Tensor) -> torch.Tensor:
+    """w as `project` takes it best, for a weight used in several calls: contiguous for oneDNN (which
+    would copy it at every call), as it is for BLAS, whose products read a strided view (a slice of a
+    larger weight, or a transpose) without copying it: a 400 x 1,200 slice of a 400 x 3,600 weight, read
+    transposed, took 41.5 ms for three 4,096-row products against 43.1 for a transposing copy (2.9 ms)
+    and the products on it (docs/RESULTS.md)."""
+    return w.contiguous() if _backend == "onednn" else w
+
+
 def _rows(t: torch.Tensor, *, images: int | None = None) -> torch.Tensor:
     """t (..., C) as a channels-last (n, C, w, 1) image batch of its rows, with n >= 16 and w > 1 where the
     row count allows: torch then takes oneDNN's weight gradient even on one thread, and the layout is

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ..dropout import keep_probability
 from .dense_merge import DenseMerge, attention_keep_mask
-from .gemm import images_per_chunk, onednn_gemm, project, project_backward, transposed_matmul
+from .gemm import images_per_chunk, onednn_gemm, project, project_backward, project_operand, transposed_matmul
 
 # Per-head tensors of a chunk of images are kept near this size per thread, so they stay in cache and are
 # re-used from the allocator's free lists instead of being faulted in afresh at every call. No cap on the
@@ -358,12 +358,6 @@ def _row_blocks(weight: torch.Tensor, table: torch.Tensor, channels: int) -> lis
     return [blocks[:, table[r]].reshape(out_dim, n_cols * channels) for r in range(n_rows)]
 
 
-def _row_blocks_t(weight: torch.Tensor, table: torch.Tensor, channels: int) -> list[torch.Tensor]:
-    """The transposes of `_row_blocks`, (Gk * C, O) contiguous: one transposing copy of the weight when in
-    order, one per row group otherwise."""
-    if _in_order(table):
-        return list(weight.t().contiguous().view(table.shape[0], -1, weight.shape[0]).unbind(0))
-    return [w.t().contiguous() for w in _row_blocks(weight, table, channels)]
 
 
 class ProductMerge(torch.autograd.Function):
@@ -423,7 +417,7 @@ class ProductMerge(torch.autograd.Function):
             _fixed_probs_backward(grad, x, rows_t, stacked, stacked_t, _row_blocks(weight, table, channels),
                                   ctx.chunk, grad_x, grad_w)
         else:
-            w_rows_t = _row_blocks_t(weight, table, channels)
+            w_rows_t = [project_operand(w.t()) for w in _row_blocks(weight, table, channels)]  # t = g W_r
             # per row group, summed over images (and for the rows over Q1) only at the end: (Q1 * Gk, Q0, K0)
             # and (Q1 * Gk, K1), the row (q1, k) belonging to head table[r, k]
             acc_q = [x.new_zeros(q1 * n_cols, q0, k0) for _ in range(n_rows)] if need_q else None
