@@ -109,4 +109,3 @@ def test_bad_backend_names_are_refused(monkeypatch):
         with gemm.backend("cublas"):
             pass
     assert gemm.current_backend() == before
-

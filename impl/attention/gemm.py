@@ -73,6 +73,7 @@ _backend = default_backend()
 
 
 def current_backend() -> str:
+    """The CPU GEMM backend in use: `default_backend()`'s, or `backend`'s inside its block."""
     return _backend
 
 

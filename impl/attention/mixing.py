@@ -358,8 +358,6 @@ def _row_blocks(weight: torch.Tensor, table: torch.Tensor, channels: int) -> lis
     return [blocks[:, table[r]].reshape(out_dim, n_cols * channels) for r in range(n_rows)]
 
 
-
-
 class ProductMerge(torch.autograd.Function):
     """`PositionalMerge` for heads that share their per-axis matrices (`product_groups`): each distinct
     matrix is applied once instead of once per head.
