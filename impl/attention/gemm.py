@@ -2,8 +2,9 @@
 
 Which library multiplies float32 matrices fastest depends on the CPU (docs/RESULTS.md): on AMD CPUs
 (AVX-512) MKL's float32 GEMM, behind `torch.mm`, `bmm` and `nn.Linear`, runs at about half the rate of
-oneDNN's convolution kernels (100-110 against 200-470 GFLOP/s), while on Intel CPUs MKL runs these shapes
-faster than oneDNN (300-318 against 208-272 GFLOP/s on a 2-core Xeon with AVX-512 and AMX). So the
+oneDNN's convolution kernels (100-110 against 200-470 GFLOP/s), while on Intel CPUs MKL runs most of
+these shapes as fast or faster (on a 2-core Xeon with AVX-512 and AMX: 231-318 against 208-316 GFLOP/s,
+the weight gradients 305-312 against 245-272). So the
 backend is chosen per machine (`GEMM_BACKENDS`, `backend`): with "onednn" the products of float32 CPU
 tensors are written as 1x1 convolutions, with "blas" (and for anything else: CUDA, float64, half
 precision) they are the plain torch ops. Both compute the same sums; tests/test_gemm.py checks each
