@@ -380,7 +380,7 @@ class ProductMerge(torch.autograd.Function):
         out_dim = weight.shape[0]
         rows = query_probs[table[:, 0]]                                          # (Gq, Q0, K0)
         stacked = key_probs[table[0]].transpose(0, 1).reshape(q1 * n_cols, k1)   # row (q1, k) = C_k[q1]
-        w_rows = _row_blocks(weight, table, channels)
+        w_rows = [project_operand(w) for w in _row_blocks(weight, table, channels)]
         out = x.new_empty(batch, out_dim, q0, q1)
         image = max(k0, q0) * q1 * n_cols * max(channels, out_dim)
         chunk = _chunk(batch, image, x.element_size(), x.device, PRODUCT_CHUNK_BYTES)
