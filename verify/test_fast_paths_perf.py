@@ -319,6 +319,8 @@ def test_attention_dropout_equals_plain_path_on_the_same_mask(device, dtype, fus
     twice gamma_n of the sums of |terms| (n bounds the chains of sums of both computations). p = 0 is the
     dense path without dropout: every image's matrix P (one product over the batch in `DenseMerge`). On
     CUDA the mask is drawn there (its own generator, seeded alike) and the products are batched matmuls."""
+    if device != "cpu" and dtype == "float32-onednn":
+        pytest.skip("the GEMM backend is the CPU's: float32 on CUDA runs once, as float32-blas")
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, channels, tokens, generator=g, dtype=torch.float64)
     probs = torch.softmax(torch.randn(heads, queries, tokens, generator=g, dtype=torch.float64), -1)

@@ -221,7 +221,8 @@ def fast_path_tolerance(layer, ref: reference.Attention) -> torch.Tensor:
 
 def probability_tolerance(layer, ref: reference.Attention, dtype: torch.dtype) -> torch.Tensor:
     """Per entry |p_computed - p_exact| for ONE computation of the positional probabilities in dtype:
-    p_k (e^{delta_k} (1 + g) / (1 - E) - 1) plus the underflow of exp, g the softmax's roundings."""
+    p_k (e^{delta_k} (1 + g) / (1 - E) - 1) plus `negligible` (exp's underflow and the layer's floor),
+    g the softmax's roundings."""
     delta = _score_errors(layer, ref, dtype)
     p = ref.probabilities
     E = (p * delta * delta.exp()).sum(-1, keepdim=True)
