@@ -116,11 +116,13 @@ def merge_heads(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return out
 
 
-def axis_apply(p: torch.Tensor, t: torch.Tensor, axis: int, *, out: torch.Tensor | None = None) -> torch.Tensor:
+def axis_apply(p: torch.Tensor, t: torch.Tensor, axis: int, *, out: torch.Tensor | None = None,
+               into: torch.Tensor | None = None) -> torch.Tensor:
     """Contract grid axis `axis` of channels-last t (b, D0, .., D_{n-1}, C) with p (Q, D_axis), or for
     axis 0 with one matrix per image, p (b, Q, D_0).
 
-    Returns (b, D0, .., Q, .., C); with `out` (that shape, contiguous) adds into it and returns it.
+    Returns (b, D0, .., Q, .., C); with `out` (that shape, contiguous) adds into it and returns it; with
+    `into` (the same) writes into it and returns it.
     A batched matmul with p broadcast (stride 0) over the leading rows: no copy of t.
     """
     dim = axis + 1
@@ -128,13 +130,15 @@ def axis_apply(p: torch.Tensor, t: torch.Tensor, axis: int, *, out: torch.Tensor
     after = math.prod(t.shape[dim + 1:])
     t3 = t.reshape(before, t.shape[dim], after)
     if p.dim() == 3 and onednn_gemm(t):
+        if into is not None:
+            out = into.zero_()
         return _per_image_apply(p, t3, out, (*t.shape[:dim], p.shape[-2], *t.shape[dim + 1:]))
     pe = p if p.dim() == 3 else p.expand(before, *p.shape)  # (b, Q, D) on axis 0: one matrix per image
     if out is not None:
         out.view(before, p.shape[-2], after).baddbmm_(pe, t3)
         return out
-    # into a new tensor through `out=`: without it, torch.bmm with a broadcast (stride-0) batch took 6x longer
-    result = t.new_empty(*t.shape[:dim], p.shape[-2], *t.shape[dim + 1:])
+    # into a tensor through `out=`: without it, torch.bmm with a broadcast (stride-0) batch took 6x longer
+    result = t.new_empty(*t.shape[:dim], p.shape[-2], *t.shape[dim + 1:]) if into is None else into
     torch.bmm(pe, t3, out=result.view(before, p.shape[-2], after))
     return result
 
@@ -190,7 +194,11 @@ def _chunk(batch: int, per_image: int, element_size: int, device: torch.device, 
 
 def _bias_filled(like: torch.Tensor, shape: Sequence[int], bias: torch.Tensor | None) -> torch.Tensor:
     """A new channels-last output buffer (.., O) holding the bias (zeros without one), to accumulate into."""
-    out = like.new_empty(shape)
+    return _fill_bias(like.new_empty(shape), bias)
+
+
+def _fill_bias(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Channels-last out (.., O) set to the bias (zeros without one), to accumulate into; returns it."""
     return out.zero_() if bias is None else out.copy_(bias.expand_as(out))
 
 
@@ -368,8 +376,13 @@ class ProductMerge(torch.autograd.Function):
     The Gk key-side products are one batched matmul (their rows stacked, so that the results sit side by
     side in the channels: U = [C_1 x | .. | C_Gk x]); each r is then one projection of U with
     [W_r1 | .. | W_rGk] (a GEMM with Gk times the channels) and one query-side mix. The backward gives every
-    head its own gradients (of its merge block and of both its matrices), recomputing U.
-    Arguments as `PositionalMerge` with one key-axis matrix, plus `table` from `product_groups`.
+    head its own gradients (of its merge block and of both its matrices) from x and U channels-last,
+    both kept by the forward (U, Gk times x's size, rather than rebuilt). The key-axis matrices' gradients
+    contract t_r = g W_r with R_r x (x's size) rather than with R_r^T t_r (U's), so that u's gradient
+    sum_r R_r^T t_r accumulates in place.
+    Arguments as `PositionalMerge` with one key-axis matrix, plus `table` from `product_groups`; returns a
+    (B, O, Q0, Q1) view of a channels-last (B, Q0, Q1, O) tensor (the transformer's tokens, no copy), and
+    x's gradient channels-last likewise.
     """
 
     @staticmethod
@@ -381,52 +394,56 @@ class ProductMerge(torch.autograd.Function):
         rows = query_probs[table[:, 0]]                                          # (Gq, Q0, K0)
         stacked = key_probs[table[0]].transpose(0, 1).reshape(q1 * n_cols, k1)   # row (q1, k) = C_k[q1]
         w_rows = [project_operand(w) for w in _row_blocks(weight, table, channels)]
-        out = x.new_empty(batch, out_dim, q0, q1)
+        x_cl = _channels_last(x)                        # no copy when x is a view of channels-last tokens
+        out_cl = x.new_empty(batch, q0, q1, out_dim)
+        # U = [C_1 x | .. | C_Gk x], kept for the backward (Gk times x's size) rather than rebuilt there
+        keep = any(ctx.needs_input_grad)
+        u = x.new_empty(batch, k0, q1 * n_cols, channels) if keep else None
         image = max(k0, q0) * q1 * n_cols * max(channels, out_dim)
         chunk = _chunk(batch, image, x.element_size(), x.device, PRODUCT_CHUNK_BYTES)
         for start in range(0, batch, chunk):
             stop = min(batch, start + chunk)
-            u = axis_apply(stacked, _channels_last(x[start:stop]), 1)            # (b, K0, Q1 * Gk, C)
-            u = u.view(stop - start, k0, q1, n_cols * channels)
-            out_cl = _bias_filled(x, (stop - start, q0, q1, out_dim), bias)
+            u_chunk = axis_apply(stacked, x_cl[start:stop], 1, into=None if u is None else u[start:stop])
+            u_chunk = u_chunk.view(stop - start, k0, q1, n_cols * channels)
+            out_chunk = _fill_bias(out_cl[start:stop], bias)
             for r in range(n_rows):
-                axis_apply(rows[r], project(u, w_rows[r]), 0, out=out_cl)
-            out[start:stop] = out_cl.movedim(-1, 1)
-        ctx.save_for_backward(x, weight, query_probs, key_probs, table)
+                axis_apply(rows[r], project(u_chunk, w_rows[r]), 0, out=out_chunk)
+        if keep:
+            ctx.save_for_backward(x_cl, u, weight, query_probs, key_probs, table)
         ctx.has_bias = bias is not None
         ctx.chunk = chunk
-        return out
+        return out_cl.movedim(-1, 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, weight, query_probs, key_probs, table = ctx.saved_tensors
+        x_cl, u_all, weight, query_probs, key_probs, table = ctx.saved_tensors
         need_x, need_w, need_b, need_q, need_k, _ = ctx.needs_input_grad
-        batch, channels, k0, k1 = x.shape
+        batch, k0, k1, channels = x_cl.shape
         n_rows, n_cols = table.shape
         q0, q1 = query_probs.shape[1], key_probs.shape[1]
         out_dim = weight.shape[0]
-        rows_t = query_probs[table[:, 0]].transpose(1, 2).contiguous()           # (Gq, K0, Q0)
+        rows = query_probs[table[:, 0]]                                          # (Gq, Q0, K0)
+        rows_t = rows.transpose(1, 2).contiguous()                               # (Gq, K0, Q0)
         stacked = key_probs[table[0]].transpose(0, 1).reshape(q1 * n_cols, k1)
         stacked_t = stacked.t().contiguous()                                     # (K1, Q1 * Gk)
-        grad_x = torch.empty_like(x) if need_x else None
-        grad_w = x.new_zeros(n_rows, out_dim, n_cols * channels) if need_w else None
+        grad_x = torch.empty_like(x_cl) if need_x else None                      # channels-last
+        grad_w = x_cl.new_zeros(n_rows, out_dim, n_cols * channels) if need_w else None
         if not (need_q or need_k):  # fixed encodings: every row group at once (`_fixed_probs_backward`)
-            _fixed_probs_backward(grad, x, rows_t, stacked, stacked_t, _row_blocks(weight, table, channels),
+            _fixed_probs_backward(grad, u_all, rows_t, stacked_t, _row_blocks(weight, table, channels),
                                   ctx.chunk, grad_x, grad_w)
         else:
             w_rows_t = [project_operand(w.t()) for w in _row_blocks(weight, table, channels)]  # t = g W_r
             # per row group, summed over images (and for the rows over Q1) only at the end: (Q1 * Gk, Q0, K0)
             # and (Q1 * Gk, K1), the row (q1, k) belonging to head table[r, k]
-            acc_q = [x.new_zeros(q1 * n_cols, q0, k0) for _ in range(n_rows)] if need_q else None
-            acc_k = [x.new_zeros(q1 * n_cols, k1) for _ in range(n_rows)] if need_k else None
-            need_u_grad = need_x or need_k
+            acc_q = [x_cl.new_zeros(q1 * n_cols, q0, k0) for _ in range(n_rows)] if need_q else None
+            acc_k = [x_cl.new_zeros(q1 * n_cols, k1) for _ in range(n_rows)] if need_k else None
             for start in range(0, batch, ctx.chunk):
                 stop = min(batch, start + ctx.chunk)
                 b = stop - start
                 g_cl = _channels_last(grad[start:stop])                              # (b, Q0, Q1, O)
-                x_cl = _channels_last(x[start:stop])                                 # (b, K0, K1, C)
-                u = axis_apply(stacked, x_cl, 1).view(b, k0, q1, n_cols * channels)
+                x_chunk = x_cl[start:stop]                                           # (b, K0, K1, C)
+                u = u_all[start:stop].view(b, k0, q1, n_cols * channels)
                 grad_u = None
                 for r in range(n_rows):
                     if need_w:
@@ -438,18 +455,15 @@ class ProductMerge(torch.autograd.Function):
                         u4 = u.view(b, k0, q1 * n_cols, channels).transpose(1, 2)
                         for i in range(b):
                             acc_q[r].baddbmm_(t4[i], u4[i].transpose(1, 2))
-                    if not need_u_grad:
-                        continue
-                    grad_u_r = axis_apply(rows_t[r], t, 0)                           # (b, K0, Q1, Gk * C)
-                    if need_k:  # per head: sum over images, K0 and channels of grad_u_h[q1] x[k1]
-                        mixed = torch.bmm(grad_u_r.view(b * k0, q1 * n_cols, channels),
-                                          x_cl.view(b * k0, k1, channels).transpose(1, 2))
+                    if need_k:  # per head: sum over images, Q0 and channels of t_h[q1] (R_r x)[k1]
+                        mixed = torch.bmm(t.reshape(b * q0, q1 * n_cols, channels),
+                                          axis_apply(rows[r], x_chunk, 0).view(b * q0, k1, channels).transpose(1, 2))
                         acc_k[r] += mixed.sum(0)
-                    if need_x:
-                        grad_u = grad_u_r if grad_u is None else grad_u.add_(grad_u_r)
+                    if need_x:  # u's gradient, sum_r R_r^T t_r, accumulated in place
+                        grad_u = axis_apply(rows_t[r], t, 0, into=grad_u) if grad_u is None else \
+                            axis_apply(rows_t[r], t, 0, out=grad_u)
                 if need_x:
-                    gx = axis_apply(stacked_t, grad_u.reshape(b, k0, q1 * n_cols, channels), 1)  # (b, K0, K1, C)
-                    grad_x[start:stop] = gx.movedim(-1, 1)
+                    axis_apply(stacked_t, grad_u.reshape(b, k0, q1 * n_cols, channels), 1, into=grad_x[start:stop])
         grad_weight = None
         if need_w and _in_order(table):
             grad_weight = grad_w.transpose(0, 1).reshape_as(weight)
@@ -468,20 +482,22 @@ class ProductMerge(torch.autograd.Function):
             for r in range(n_rows):
                 grad_k[table[r]] = acc_k[r].view(q1, n_cols, k1).transpose(0, 1)
         grad_bias = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
+        grad_x = None if grad_x is None else grad_x.movedim(-1, 1)
         return grad_x, grad_weight, grad_bias, grad_q, grad_k, None
 
 
-def _fixed_probs_backward(grad, x, rows_t, stacked, stacked_t, w_rows, chunk, grad_x, grad_w) -> None:
+def _fixed_probs_backward(grad, u_all, rows_t, stacked_t, w_rows, chunk, grad_x, grad_w) -> None:
     """`ProductMerge`'s backward when the probabilities need no gradient (fixed encodings): x's gradient
-    into grad_x and the merge blocks' into grad_w (Gq, O, Gk * C), or None for those not needed.
+    into grad_x (channels-last) and the merge blocks' into grad_w (Gq, O, Gk * C), or None for those not
+    needed; u_all is the forward's U (B, K0, Q1 * Gk, C).
 
     Without the per-head gradients of the matrices, the row groups need no per-group tensors: with
     gm = [R_1^T g | .. | R_Gq^T g] (every group's row-side mix of g, side by side in the channels),
     W's gradient is gm^T u in one GEMM and u's gradient gm [W_1; ..; W_Gq] in another (the FLOPs of the
     per-group products they replace, without their 3 x 1,200-wide row-side passes and sums)."""
-    batch, channels, k0, k1 = x.shape
+    batch, k0, _, channels = u_all.shape
     n_rows, (out_dim, group_width) = rows_t.shape[0], w_rows[0].shape
-    q1 = stacked.shape[0] // (group_width // channels)
+    q1 = u_all.shape[2] * channels // group_width
     w_all = torch.cat(w_rows, 0)                                                 # (Gq * O, Gk * C)
     rows_all = rows_t.reshape(-1, rows_t.shape[-1])                              # (Gq * K0, Q0)
     for start in range(0, batch, chunk):
@@ -491,12 +507,10 @@ def _fixed_probs_backward(grad, x, rows_t, stacked, stacked_t, w_rows, chunk, gr
         mixed = axis_apply(rows_all, g_cl, 0)                                    # (b, Gq * K0, Q1, O)
         gm = mixed.view(b, n_rows, k0, q1, out_dim).permute(0, 2, 3, 1, 4).reshape(b, k0, q1, -1)
         if grad_w is not None:
-            u = axis_apply(stacked, _channels_last(x[start:stop]), 1).view(b, k0, q1, group_width)
-            grad_w += transposed_matmul(gm, u).reshape(grad_w.shape)
+            grad_w += transposed_matmul(gm, u_all[start:stop].view(b, k0, q1, group_width)).reshape(grad_w.shape)
         if grad_x is not None:
             grad_u = project(gm, w_all.t())                                      # (b, K0, Q1, Gk * C)
-            gx = axis_apply(stacked_t, grad_u.reshape(b, k0, -1, channels), 1)   # (b, K0, K1, C)
-            grad_x[start:stop] = gx.movedim(-1, 1)
+            axis_apply(stacked_t, grad_u.reshape(b, k0, -1, channels), 1, into=grad_x[start:stop])
 
 
 def positional_merge_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
