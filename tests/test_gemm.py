@@ -48,6 +48,36 @@ def test_project_and_its_gradients(lead, c, o, backend):
     assert gemm.project_backward(g, u, w, need_input=False, need_weight=False) == (None, None)
 
 
+@pytest.mark.parametrize("lead,c,o", [((2, 7, 5), 12, 9), ((1, 1), 3, 1), ((3, 16), 40, 24)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_project_into_a_buffer(lead, c, o, with_bias, backend):
+    """With `out`, the product (bias added) is the same, written into the buffer under BLAS (whatever it
+    held before), returned either way."""
+    u, w, bias = _randn(*lead, c, seed=3), _randn(o, c, seed=4), _randn(o, seed=5) if with_bias else None
+    buffer = torch.full((*lead, o), float("nan"))
+    got = gemm.project(u, w, bias, out=buffer)
+    want = u.double() @ w.double().t() + (0 if bias is None else bias.double())
+    absolute = u.double().abs() @ w.double().abs().t() + (0 if bias is None else bias.double().abs())
+    _check(got, want, absolute, c + 1)
+    assert (got is buffer) == (backend == "blas")
+
+
+@pytest.mark.parametrize("lead,m,s", [((7,), 5, 3), ((1,), 4, 1), ((2, 48), 12, 8)])
+def test_transposed_matmul_adds_to_a_strided_slice(lead, m, s, backend):
+    """With `add_to` (here a slice of a larger tensor, its rows strided), a^T b is added to what it holds;
+    the rest of the larger tensor is untouched."""
+    a, b = _randn(*lead, m, seed=12), _randn(*lead, s, seed=13)
+    whole = _randn(m, 3, s, seed=14)
+    before = whole.clone()
+    got = gemm.transposed_matmul(a, b, add_to=whole[:, 1])
+    a64, b64 = a.double().reshape(-1, m), b.double().reshape(-1, s)
+    want = before[:, 1].double() + a64.t() @ b64
+    bound = tolerances.gamma(a64.shape[0] + 1, torch.float32) * (before[:, 1].double().abs() + a64.abs().t() @ b64.abs())
+    assert got.data_ptr() == whole[:, 1].data_ptr()
+    assert bool(((whole[:, 1].double() - want).abs() <= bound).all())
+    assert torch.equal(whole[:, 0], before[:, 0]) and torch.equal(whole[:, 2], before[:, 2])
+
+
 @pytest.mark.parametrize("lead,m,s", [((7,), 5, 3), ((1,), 4, 1), ((6,), 1, 2), ((2304,), 16, 24), ((4, 48), 12, 8)])
 def test_transposed_matmul_and_its_gradients(lead, m, s, backend):
     """a^T b over rows (an image's transposed attention matrix E and its values V: out = E^T V), and its

@@ -130,14 +130,27 @@ def _from_nhwc(out4: torch.Tensor, lead: Sequence[int]) -> torch.Tensor:
     return out4.permute(0, 2, 3, 1).reshape(*lead, out4.shape[1])
 
 
-def project(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def project(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
+            out: torch.Tensor | None = None) -> torch.Tensor:
     """u (..., Cin) contiguous, w (Cout, Cin), bias (Cout,) or None -> u @ w.T + bias (..., Cout) contiguous;
-    differentiable. Through oneDNN on CPU float32, `F.linear` elsewhere."""
+    differentiable without `out`. Through oneDNN on CPU float32, `F.linear` elsewhere.
+
+    out: a contiguous (..., Cout) buffer (not differentiable) that BLAS writes the product into and that is
+    then returned (oneDNN returns a tensor of its own): a loop re-using one buffer writes memory it has
+    just written, faster than a fresh tensor's (a 4,096 x 400 by 400 x 1,200 product in the converted
+    layer's backward: 13.8 against 14.3 ms, docs/RESULTS.md)."""
     if onednn_gemm(u) and u.dim() >= 2:
         out4 = torch.mkldnn_convolution(_as_nhwc(u), w.contiguous()[:, :, None, None], bias,
                                         [0, 0], [1, 1], [1, 1], 1)
         return _from_nhwc(out4, u.shape[:-1])
-    return F.linear(u, w, bias)
+    if out is None:
+        return F.linear(u, w, bias)
+    rows, out2 = u.reshape(-1, u.shape[-1]), out.view(-1, w.shape[0])
+    if bias is None:
+        torch.mm(rows, w.t(), out=out2)
+    else:
+        torch.addmm(bias, rows, w.t(), out=out2)
+    return out
 
 
 def project_operand(w: torch.Tensor) -> torch.Tensor:
@@ -184,16 +197,21 @@ def project_backward(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor, *, need_
     return grad_y, g2.t() @ y.reshape(-1, y.shape[-1]) if need_weight else None
 
 
-def transposed_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def transposed_matmul(a: torch.Tensor, b: torch.Tensor, *, add_to: torch.Tensor | None = None) -> torch.Tensor:
     """a (..., M), b (..., S) with the same leading shape -> a^T b (M, S), the sum over rows of their outer
     products, contiguous; not differentiable (the fused merges' own backward uses it). Through oneDNN on
     CPU float32: the weight gradient of a 1x1 convolution of b's rows giving a's (the weight's value is
-    not read)."""
+    not read).
+
+    add_to: an (M, S) tensor, its rows possibly strided (a slice of a larger gradient), that a^T b is added
+    to and that is returned; BLAS accumulates the product into it directly."""
     if onednn_gemm(b) and b.dim() >= 2:
         weight = b.new_empty(a.shape[-1], b.shape[-1])
         a4, b4 = _rows(a, images=_PRODUCT_IMAGES), _rows(b, images=_PRODUCT_IMAGES)
-        return _conv_backward(a4, b4, weight, False, True)[1].view(weight.shape)
-    return a.reshape(-1, a.shape[-1]).t() @ b.reshape(-1, b.shape[-1])
+        product = _conv_backward(a4, b4, weight, False, True)[1].view(weight.shape)
+        return product if add_to is None else add_to.add_(product)
+    a2, b2 = a.reshape(-1, a.shape[-1]).t(), b.reshape(-1, b.shape[-1])
+    return a2 @ b2 if add_to is None else add_to.addmm_(a2, b2)
 
 
 def transposed_matmul_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, need_a: bool = True,

@@ -406,8 +406,10 @@ class ProductMerge(torch.autograd.Function):
             u_chunk = axis_apply(stacked, x_cl[start:stop], 1, into=None if u is None else u[start:stop])
             u_chunk = u_chunk.view(stop - start, k0, q1, n_cols * channels)
             out_chunk = _fill_bias(out_cl[start:stop], bias)
+            projected = None                                                     # one buffer for every r
             for r in range(n_rows):
-                axis_apply(rows[r], project(u_chunk, w_rows[r]), 0, out=out_chunk)
+                projected = project(u_chunk, w_rows[r], out=projected)               # (b, K0, Q1, O)
+                axis_apply(rows[r], projected, 0, out=out_chunk)
         if keep:
             ctx.save_for_backward(x_cl, u, weight, query_probs, key_probs, table)
         ctx.has_bias = bias is not None
@@ -428,8 +430,16 @@ class ProductMerge(torch.autograd.Function):
         stacked = key_probs[table[0]].transpose(0, 1).reshape(q1 * n_cols, k1)
         stacked_t = stacked.t().contiguous()                                     # (K1, Q1 * Gk)
         grad_x = torch.empty_like(x_cl) if need_x else None                      # channels-last
-        grad_w = x_cl.new_zeros(n_rows, out_dim, n_cols * channels) if need_w else None
-        if not (need_q or need_k):  # fixed encodings: every row group at once (`_fixed_probs_backward`)
+        need_probs = need_q or need_k
+        # the merge's gradient per row group (Gq, O, Gk * C); with the probabilities' gradients and the table
+        # in order, the weight's own (O, Gq, Gk * C), each row group's products accumulating into its slice
+        grad_weight = grad_w = None
+        if need_w and need_probs and _in_order(table):
+            grad_weight = x_cl.new_zeros(out_dim, n_rows, n_cols * channels)
+            grad_w = grad_weight.unbind(1)
+        elif need_w:
+            grad_w = x_cl.new_zeros(n_rows, out_dim, n_cols * channels)
+        if not need_probs:  # fixed encodings: every row group at once (`_fixed_probs_backward`)
             _fixed_probs_backward(grad, u_all, rows_t, stacked_t, _row_blocks(weight, table, channels),
                                   ctx.chunk, grad_x, grad_w)
         else:
@@ -444,11 +454,12 @@ class ProductMerge(torch.autograd.Function):
                 g_cl = _channels_last(grad[start:stop])                              # (b, Q0, Q1, O)
                 x_chunk = x_cl[start:stop]                                           # (b, K0, K1, C)
                 u = u_all[start:stop].view(b, k0, q1, n_cols * channels)
-                grad_u = None
+                grad_u = gm = t = xr = None  # the per-group tensors: one buffer each, re-used by every r
                 for r in range(n_rows):
                     if need_w:
-                        grad_w[r] += transposed_matmul(axis_apply(rows_t[r], g_cl, 0), u)
-                    t = project(g_cl, w_rows_t[r])                                   # (b, Q0, Q1, Gk * C)
+                        gm = axis_apply(rows_t[r], g_cl, 0, into=gm)                 # R_r^T g
+                        transposed_matmul(gm, u, add_to=grad_w[r])
+                    t = project(g_cl, w_rows_t[r], out=t)                            # (b, Q0, Q1, Gk * C)
                     if need_q:  # per head: sum over images, Q1 and channels of t_h[q0] u_h[k0]
                         # image by image, (Q1, Gk) as the batch of strided (Q0, C) x (C, K0) products: no copies
                         t4 = t.reshape(b, q0, q1 * n_cols, channels).transpose(1, 2)  # (a view)
@@ -456,16 +467,18 @@ class ProductMerge(torch.autograd.Function):
                         for i in range(b):
                             acc_q[r].baddbmm_(t4[i], u4[i].transpose(1, 2))
                     if need_k:  # per head: sum over images, Q0 and channels of t_h[q1] (R_r x)[k1]
+                        xr = axis_apply(rows[r], x_chunk, 0, into=xr)
                         mixed = torch.bmm(t.reshape(b * q0, q1 * n_cols, channels),
-                                          axis_apply(rows[r], x_chunk, 0).view(b * q0, k1, channels).transpose(1, 2))
+                                          xr.view(b * q0, k1, channels).transpose(1, 2))
                         acc_k[r] += mixed.sum(0)
                     if need_x:  # u's gradient, sum_r R_r^T t_r, accumulated in place
                         grad_u = axis_apply(rows_t[r], t, 0, into=grad_u) if grad_u is None else \
                             axis_apply(rows_t[r], t, 0, out=grad_u)
                 if need_x:
                     axis_apply(stacked_t, grad_u.reshape(b, k0, q1 * n_cols, channels), 1, into=grad_x[start:stop])
-        grad_weight = None
-        if need_w and _in_order(table):
+        if grad_weight is not None:
+            grad_weight = grad_weight.view_as(weight)
+        elif need_w and _in_order(table):
             grad_weight = grad_w.transpose(0, 1).reshape_as(weight)
         elif need_w:
             grad_weight = torch.zeros_like(weight).view(out_dim, -1, channels)
