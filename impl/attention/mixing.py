@@ -24,7 +24,8 @@ The fast paths, which return the merged output (B, O, *Q) directly and never hol
   of images with a hand-written backward that recomputes the per-head tensors instead of keeping them;
   `positional_merge_autograd` is the same computation left to autograd (autocast, half precision). Heads
   that share their per-axis matrices (a converted convolution) take `ProductMerge`, which applies each
-  distinct matrix once. Dense probabilities shared by the batch, and every head under attention dropout
+  distinct matrix once and keeps x and the key-side mix channels-last for its backward (returning its
+  output and x's gradient as channels-last views). Dense probabilities shared by the batch, and every head under attention dropout
   (`dropout=p`: an independent mask per image), take `dense_merge.DenseMerge`: all heads' projections
   first, then one product per image whose depth is every head's keys (it keeps the projected values,
   (B, tokens, heads * out), for its backward).
