@@ -36,3 +36,32 @@ def test_the_budget_is_per_thread():
 
 def test_no_chunks_off_the_cpu():
     assert mixing._chunk(16, 10**9, 4, torch.device("meta"), 1) == 16
+
+
+@pytest.mark.parametrize("grad_mode", [True, False])
+def test_product_merge_keeps_the_key_side_mix_only_when_recorded(monkeypatch, grad_mode):
+    """`ProductMerge` keeps U (every image's key-side mix) for its backward only when autograd records the
+    call; under no_grad (inference; parameters still requiring grad) U lives chunk by chunk. Either way
+    the output is the same."""
+    g = torch.Generator().manual_seed(0)
+    rows, cols = torch.rand(2, 5, 5, generator=g), torch.rand(2, 4, 4, generator=g)
+    query_probs = torch.stack([rows[0], rows[0], rows[1], rows[1]])
+    key_probs = torch.stack([cols[0], cols[1], cols[0], cols[1]])
+    x = torch.randn(3, 6, 5, 4, generator=g)
+    weight = torch.randn(7, 4 * 6, generator=g, requires_grad=True)
+    monkeypatch.setattr(mixing, "PRODUCT_CHUNK_BYTES", 1)  # one image a chunk
+    kept = []
+    key_side = mixing.axis_apply
+
+    def spy(p, t, axis, **kwargs):
+        if axis == 1 and p.shape[0] == 2 * 4:  # the stacked key-axis matrices: U
+            kept.append(kwargs.get("into") is not None)
+        return key_side(p, t, axis, **kwargs)
+
+    monkeypatch.setattr(mixing, "axis_apply", spy)
+    with torch.set_grad_enabled(grad_mode):
+        out = mixing.positional_merge(x, weight, None, query_probs, [key_probs], fused=True)
+    assert kept == [grad_mode] * 3 and (out.grad_fn is not None) == grad_mode
+    monkeypatch.setattr(mixing, "axis_apply", key_side)
+    plain = mixing.merge_heads(mixing.mix_separable(x, [query_probs, key_probs]), weight.detach(), None)
+    torch.testing.assert_close(out.detach(), plain)

@@ -381,13 +381,14 @@ class ProductMerge(torch.autograd.Function):
     both kept by the forward (U, Gk times x's size, rather than rebuilt). The key-axis matrices' gradients
     contract t_r = g W_r with R_r x (x's size) rather than with R_r^T t_r (U's), so that u's gradient
     sum_r R_r^T t_r accumulates in place.
-    Arguments as `PositionalMerge` with one key-axis matrix, plus `table` from `product_groups`; returns a
+    Arguments as `PositionalMerge` with one key-axis matrix, plus `table` from `product_groups` and
+    `recording` (whether autograd records the call: `torch.is_grad_enabled()` outside); returns a
     (B, O, Q0, Q1) view of a channels-last (B, Q0, Q1, O) tensor (the transformer's tokens, no copy), and
     x's gradient channels-last likewise.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, query_probs, key_probs, table):
+    def forward(ctx, x, weight, bias, query_probs, key_probs, table, recording):
         batch, channels, k0, k1 = x.shape
         n_rows, n_cols = table.shape
         q0, q1 = query_probs.shape[1], key_probs.shape[1]
@@ -397,8 +398,10 @@ class ProductMerge(torch.autograd.Function):
         w_rows = [project_operand(w) for w in _row_blocks(weight, table, channels)]
         x_cl = _channels_last(x)                        # no copy when x is a view of channels-last tokens
         out_cl = x.new_empty(batch, q0, q1, out_dim)
-        # U = [C_1 x | .. | C_Gk x], kept for the backward (Gk times x's size) rather than rebuilt there
-        keep = any(ctx.needs_input_grad)
+        # U = [C_1 x | .. | C_Gk x], kept for the backward (Gk times x's size) rather than rebuilt there, when
+        # autograd records the call (`recording`: the caller's grad mode; inside forward it is always off,
+        # and needs_input_grad says True for parameters under no_grad too), else chunk by chunk
+        keep = recording and any(ctx.needs_input_grad)
         u = x.new_empty(batch, k0, q1 * n_cols, channels) if keep else None
         image = max(k0, q0) * q1 * n_cols * max(channels, out_dim)
         chunk = _chunk(batch, image, x.element_size(), x.device, PRODUCT_CHUNK_BYTES)
@@ -421,7 +424,7 @@ class ProductMerge(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x_cl, u_all, weight, query_probs, key_probs, table = ctx.saved_tensors
-        need_x, need_w, need_b, need_q, need_k, _ = ctx.needs_input_grad
+        need_x, need_w, need_b, need_q, need_k, _, _ = ctx.needs_input_grad
         batch, k0, k1, channels = x_cl.shape
         n_rows, n_cols = table.shape
         q0, q1 = query_probs.shape[1], key_probs.shape[1]
@@ -497,7 +500,7 @@ class ProductMerge(torch.autograd.Function):
                 grad_k[table[r]] = acc_k[r].view(q1, n_cols, k1).transpose(0, 1)
         grad_bias = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
         grad_x = None if grad_x is None else grad_x.movedim(-1, 1)
-        return grad_x, grad_weight, grad_bias, grad_q, grad_k, None
+        return grad_x, grad_weight, grad_bias, grad_q, grad_k, None, None
 
 
 def _fixed_probs_backward(grad, u_all, rows_t, stacked_t, w_rows, chunk, grad_x, grad_w) -> None:
@@ -596,7 +599,7 @@ def positional_merge(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         return DenseMerge.apply(x, weight.to(dtype), bias, mask, scale, probs[0])
     table = product_groups(probs[0], probs[1:]) if sharing else None
     if table is not None:
-        return ProductMerge.apply(x, weight.to(dtype), bias, *probs, table.to(x.device))
+        return ProductMerge.apply(x, weight.to(dtype), bias, *probs, table.to(x.device), torch.is_grad_enabled())
     return PositionalMerge.apply(x, weight.to(dtype), bias, *probs)
 
 
