@@ -35,8 +35,11 @@ verify: setup
 ## Every asv benchmark once (--quick) on this environment, so a broken benchmark fails the test run.
 ## --dry-run: nothing is saved, the committed history under bench/results/ is not touched.
 ## (under a machine name of its own, bench-check, whose machine.json .gitignore keeps out of bench/results/)
+## This host is registered under its own name too (asv's default machine, recorded in ~/.asv-machine.json
+## only), so that a plain `asv run --environment existing ...` works after this set-up.
 bench-check: setup
 	$(VENV)/bin/asv machine --yes --machine bench-check >/dev/null
+	$(VENV)/bin/asv machine --yes >/dev/null
 	set -o pipefail; $(VENV)/bin/asv run --environment existing:$(abspath $(PY)) --machine bench-check --quick \
 		--dry-run --show-stderr 2>&1 | tee .asv-check.log
 	@! grep -E " failed$$|Traceback" .asv-check.log
