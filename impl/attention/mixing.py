@@ -434,16 +434,14 @@ class ProductMerge(torch.autograd.Function):
         stacked = key_probs[table[0]].transpose(0, 1).reshape(q1 * n_cols, k1)
         stacked_t = stacked.t().contiguous()                                     # (K1, Q1 * Gk)
         grad_x = torch.empty_like(x_cl) if need_x else None                      # channels-last
-        need_probs = need_q or need_k
-        # the merge's gradient per row group (Gq, O, Gk * C); with the probabilities' gradients and the table
-        # in order, the weight's own (O, Gq, Gk * C), each row group's products accumulating into its slice
-        grad_weight = grad_w = None
-        if need_w and need_probs and _in_order(table):
-            grad_weight = x_cl.new_zeros(out_dim, n_rows, n_cols * channels)
-            grad_w = grad_weight.unbind(1)
-        elif need_w:
-            grad_w = x_cl.new_zeros(n_rows, out_dim, n_cols * channels)
-        if not need_probs:  # fixed encodings: every row group at once (`_fixed_probs_backward`)
+        in_order = _in_order(table)
+        # the merge's gradient per row group, grad_w (Gq, O, Gk * C): with the table in order a view of the
+        # weight's own layout (O, Gq, Gk * C), so that the products accumulate where they belong
+        grad_w = None
+        if need_w:
+            grad_w = x_cl.new_zeros(out_dim, n_rows, n_cols * channels).transpose(0, 1) if in_order else \
+                x_cl.new_zeros(n_rows, out_dim, n_cols * channels)
+        if not (need_q or need_k):  # fixed encodings: every row group at once (`_fixed_probs_backward`)
             _fixed_probs_backward(grad, u_all, rows_t, stacked_t, _row_blocks(weight, table, channels),
                                   ctx.chunk, grad_x, grad_w)
         else:
@@ -480,10 +478,9 @@ class ProductMerge(torch.autograd.Function):
                             axis_apply(rows_t[r], t, 0, out=grad_u)
                 if need_x:
                     axis_apply(stacked_t, grad_u.reshape(b, k0, q1 * n_cols, channels), 1, into=grad_x[start:stop])
-        if grad_weight is not None:
-            grad_weight = grad_weight.view_as(weight)
-        elif need_w and _in_order(table):
-            grad_weight = grad_w.transpose(0, 1).reshape_as(weight)
+        grad_weight = None
+        if need_w and in_order:
+            grad_weight = grad_w.transpose(0, 1).view_as(weight)
         elif need_w:
             grad_weight = torch.zeros_like(weight).view(out_dim, -1, channels)
             for r in range(n_rows):
