@@ -379,8 +379,9 @@ class ProductMerge(torch.autograd.Function):
     [W_r1 | .. | W_rGk] (a GEMM with Gk times the channels) and one query-side mix. The backward gives every
     head its own gradients (of its merge block and of both its matrices) from x and U channels-last,
     both kept by the forward (U, Gk times x's size, rather than rebuilt). The key-axis matrices' gradients
-    contract t_r = g W_r with R_r x (x's size) rather than with R_r^T t_r (U's), so that u's gradient
-    sum_r R_r^T t_r accumulates in place.
+    contract t_r = g W_r with R_r x (x's size) rather than with R_r^T t_r (U's), and x's gradient
+    sum_r R_r^T C^T t_r (C^T = [C_1^T .. C_Gk^T], the column pass of U's gradient) takes each t_r's column
+    pass first, down to x's size, so that only x-sized tensors are accumulated: no U-sized gradient.
     Arguments as `PositionalMerge` with one key-axis matrix, plus `table` from `product_groups` and
     `recording` (whether autograd records the call: `torch.is_grad_enabled()` outside); returns a
     (B, O, Q0, Q1) view of a channels-last (B, Q0, Q1, O) tensor (the transformer's tokens, no copy), and
@@ -456,7 +457,7 @@ class ProductMerge(torch.autograd.Function):
                 g_cl = _channels_last(grad[start:stop])                              # (b, Q0, Q1, O)
                 x_chunk = x_cl[start:stop]                                           # (b, K0, K1, C)
                 u = u_all[start:stop].view(b, k0, q1, n_cols * channels)
-                grad_u = gm = t = xr = None  # the per-group tensors: one buffer each, re-used by every r
+                gm = t = xr = y = None  # the per-group tensors: one buffer each, re-used by every r
                 for r in range(n_rows):
                     if need_w:
                         gm = axis_apply(rows_t[r], g_cl, 0, into=gm)                 # R_r^T g
@@ -473,11 +474,12 @@ class ProductMerge(torch.autograd.Function):
                         mixed = torch.bmm(t.reshape(b * q0, q1 * n_cols, channels),
                                           xr.view(b * q0, k1, channels).transpose(1, 2))
                         acc_k[r] += mixed.sum(0)
-                    if need_x:  # u's gradient, sum_r R_r^T t_r, accumulated in place
-                        grad_u = axis_apply(rows_t[r], t, 0, into=grad_u) if grad_u is None else \
-                            axis_apply(rows_t[r], t, 0, out=grad_u)
-                if need_x:
-                    axis_apply(stacked_t, grad_u.reshape(b, k0, q1 * n_cols, channels), 1, into=grad_x[start:stop])
+                    if need_x:  # x's gradient, sum_r R_r^T (C^T t_r): the column pass first, to x's size
+                        y = axis_apply(stacked_t, t.reshape(b, q0, q1 * n_cols, channels), 1, into=y)
+                        if r == 0:
+                            axis_apply(rows_t[r], y, 0, into=grad_x[start:stop])
+                        else:
+                            axis_apply(rows_t[r], y, 0, out=grad_x[start:stop])
         grad_weight = None
         if need_w and in_order:
             grad_weight = grad_w.transpose(0, 1).view_as(weight)
