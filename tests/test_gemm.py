@@ -98,6 +98,21 @@ def test_transposed_matmul_and_its_gradients(lead, m, s, backend):
     torch.testing.assert_close(gemm.transposed_matmul(a64, b64), a64.t() @ b64)
 
 
+@pytest.mark.parametrize("lead,m,s", [((7,), 5, 3), ((2304,), 16, 24), ((4, 48), 12, 8)])
+def test_transposed_matmul_backward_writes_b_gradient_into_a_slot(lead, m, s, backend):
+    """With `into_b` (one image's slot of a chunk's gradient), b's gradient a grad is written there and
+    returned as b's shape; the other slots are untouched."""
+    a, b, g = _randn(*lead, m, seed=15), _randn(*lead, s, seed=16), _randn(m, s, seed=17)
+    chunk = _randn(3, *lead, s, seed=18)
+    before = chunk.clone()
+    grad_a, grad_b = gemm.transposed_matmul_backward(g, a, b, into_b=chunk[1])
+    assert grad_b.shape == b.shape and grad_b.data_ptr() == chunk[1].data_ptr()
+    a64, g64 = a.double().reshape(-1, m), g.double()
+    _check(chunk[1].reshape(-1, s), a64 @ g64, a64.abs() @ g64.abs(), m)
+    assert torch.equal(grad_a, gemm.transposed_matmul_backward(g, a, b, need_b=False)[0])
+    assert torch.equal(chunk[0], before[0]) and torch.equal(chunk[2], before[2])
+
+
 @pytest.mark.parametrize("n,m,d,s", [(3, 5, 7, 4), (1, 2, 3, 1), (4, 1, 6, 9)])
 def test_matmul_of_one_matrix_by_a_batch(n, m, d, s, backend):
     """One a (M, D) by every matrix of b (n, D, S): a shared attention matrix by each image's values."""

@@ -139,11 +139,10 @@ class DenseMerge(torch.autograd.Function):
                 grad_values = x_cl.new_empty(stop - start, keys, heads * out_dim) if need_values else None
                 for i in range(start, stop):
                     matrix = shared if keep is None else torch.mul(shared, as_factor(keep[i]), out=dropped)
-                    grad_matrix, grad_image_values = transposed_matmul_backward(
-                        grad_cl[i], matrix.view(keys * heads, queries), stacked[i],
-                        need_a=need_p, need_b=need_values)
-                    if need_values:
-                        grad_values[i - start] = grad_image_values.view(keys, heads * out_dim)
+                    # the values' gradient written into the chunk's (a copy of 3.7 MB an image cost 0.7 ms)
+                    grad_matrix, _ = transposed_matmul_backward(
+                        grad_cl[i], matrix.view(keys * heads, queries), stacked[i], need_a=need_p,
+                        need_b=need_values, into_b=grad_values[i - start] if need_values else None)
                     if need_p and keep is None:
                         grad_shared += grad_matrix.view(shared.shape)
                     elif need_p:

@@ -215,11 +215,15 @@ def transposed_matmul(a: torch.Tensor, b: torch.Tensor, *, add_to: torch.Tensor 
 
 
 def transposed_matmul_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, need_a: bool = True,
-                               need_b: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                               need_b: bool = True, into_b: torch.Tensor | None = None
+                               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The gradients of `transposed_matmul(a, b)` for upstream grad (M, S): wrt a, b @ grad^T (..., M), and
     wrt b, a @ grad (..., S), contiguous; None for those not needed. On oneDNN a 1x1 convolution of b's rows
     by grad and the data gradient of one of a's rows by it: a and b stay channels-last rows, only grad (the
-    small operand) is converted."""
+    small operand) is converted.
+
+    into_b: a contiguous tensor of b's size (e.g. an image's slot in a chunk's gradient) that b's gradient
+    is written into and returned as (BLAS writes it there; oneDNN's result is copied in)."""
     grad_a = grad_b = None
     if onednn_gemm(grad) and b.dim() >= 2:
         a4, b4 = _rows(a, images=_PRODUCT_IMAGES), _rows(b, images=_PRODUCT_IMAGES)
@@ -229,11 +233,16 @@ def transposed_matmul_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Ten
             grad_a = _from_nhwc(grad_a4, a.shape[:-1])
         if need_b:
             grad_b = _from_nhwc(_conv_backward(a4, b4, grad, True, False)[0], b.shape[:-1])
+            if into_b is not None:
+                grad_b = into_b.view(b.shape).copy_(grad_b)
         return grad_a, grad_b
     if need_a:
         grad_a = b @ grad.t()
-    if need_b:
+    if need_b and into_b is None:
         grad_b = a @ grad
+    elif need_b:
+        torch.mm(a.reshape(-1, a.shape[-1]), grad, out=into_b.view(-1, grad.shape[-1]))
+        grad_b = into_b.view(b.shape)
     return grad_a, grad_b
 
 
