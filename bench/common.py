@@ -25,6 +25,7 @@ from torch import nn
 from impl.allocator import retain_freed_memory
 from impl.attention import RelativeSelfAttention, gemm
 from impl.convert import conv_to_attention
+from impl.subnormals import flushing as subnormals_flushing
 
 # Every benchmark process keeps freed memory for re-use, as the trainer does (both sides of each
 # comparison; ATTENTION_CNN_MALLOC=system measures glibc's defaults instead).
@@ -53,12 +54,14 @@ LAYER_PATHS = (
 
 def header(where: str, details: str) -> str:
     """The first line of every command-line table: date, torch, the machine (`where`, the CPU's vendor and
-    the CPU GEMM backend), load, allocator."""
+    the CPU GEMM backend), load, allocator, and whether subnormals are flushed (`impl.subnormals`: the
+    training-step commands flush them, as the trainer does)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     malloc = "retained" if RETAINED_MEMORY else "system"
+    subnormals = "flushed" if subnormals_flushing() else "kept"
     cpu = f"{gemm.cpu_vendor() or 'cpu'}, gemm {gemm.current_backend()}"
     return (f"# {datetime.date.today()}  torch {torch.__version__}  {where}  {cpu}  load average {load:.1f}  "
-            f"malloc {malloc}  {details}")
+            f"malloc {malloc}  subnormals {subnormals}  {details}")
 
 
 @contextlib.contextmanager

@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from impl.subnormals import flushing_requested, subnormals_flushed
+
 from . import common
 
 MODELS = ("sa_quadratic", "resnet18")
@@ -42,7 +44,11 @@ def main(argv=None) -> int:
         parser.error("--batch, --rounds and --threads must be positive")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device on this machine")
-    with common.intra_op_threads(args.threads):
+    try:
+        flushing_requested()
+    except ValueError as error:
+        parser.error(str(error))
+    with subnormals_flushed(), common.intra_op_threads(args.threads):  # as the trainer does
         _table(args)
     return 0
 

@@ -8,9 +8,12 @@ one forward + backward over the measured step time) and peak memory.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
+
+from impl.subnormals import subnormals_flushed
 
 from . import common
 from .layers import PRECISIONS, _check_precision
@@ -25,11 +28,18 @@ class TrainStep:
 
     def setup(self, model, device, precision):
         _check_precision(precision, device)
+        # subnormal gradients flushed, as the trainer does (impl/subnormals.py): steps on one repeated batch
+        # soon hold them; left in the process until teardown
+        self._context = contextlib.ExitStack()
+        self._context.enter_context(subnormals_flushed())
         self.net = common.model(model, device)
         self.optimizer = common.sgd(self.net)
         self.images, self.labels = common.model_batch(device)
         self.precision = precision
         self.device = device
+
+    def teardown(self, model, device, precision):
+        self._context.close()
 
     def _step(self):
         with torch.autocast(device_type=self.device, dtype=torch.bfloat16,

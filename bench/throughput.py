@@ -24,6 +24,8 @@ import time
 
 import torch
 
+from impl.subnormals import flushing_requested, subnormals_flushed
+
 from . import common
 from .layers import PRECISIONS
 
@@ -110,12 +112,17 @@ def main(argv=None) -> int:
             parser.error(f"--models: {m!r} is not one of {', '.join(run_models)}")
     if batch < 1 or args.threads < 1 or args.rounds < 1 or args.steps < 1 or not precisions or not models:
         parser.error("--batch, --threads, --rounds and --steps must be >= 1; --models and --precisions non-empty")
-    with common.intra_op_threads(args.threads):
-        rates = measure(models, precisions, args.device, batch, args.rounds, args.steps,
-                        "inductor" if args.compile else None)
+    try:
+        flushing_requested()
+    except ValueError as error:
+        parser.error(str(error))
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, threads {args.threads}"
     mode = "  torch.compile (inductor)" if args.compile else ""
-    print(common.header(where, f"batch {batch}  rounds {args.rounds} x {args.steps} steps{mode}"))
+    with subnormals_flushed(), common.intra_op_threads(args.threads):  # as the trainer does
+        rates = measure(models, precisions, args.device, batch, args.rounds, args.steps,
+                        "inductor" if args.compile else None)
+        header = common.header(where, f"batch {batch}  rounds {args.rounds} x {args.steps} steps{mode}")
+    print(header)
     print("| model | precision | images/s (median) | range |\n|---|---|---|---|")
     for (m, p), values in rates.items():
         print(f"| {m} | {p} | {statistics.median(values):.1f} | {min(values):.1f}-{max(values):.1f} |")

@@ -66,7 +66,11 @@ def _run_suite(cls, params) -> dict:
     for method in _methods(cls):
         bench = cls()
         bench.setup(*params)
-        results[method] = getattr(bench, method)(*params)
+        try:
+            results[method] = getattr(bench, method)(*params)
+        finally:
+            if hasattr(bench, "teardown"):
+                bench.teardown(*params)
     return results
 
 
