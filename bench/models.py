@@ -27,10 +27,10 @@ class TrainStep:
     timeout = 600
 
     def setup(self, model, device, precision):
+        self._context = contextlib.ExitStack()  # closed by teardown, which asv calls after a skip too
         _check_precision(precision, device)
         # subnormal gradients flushed, as the trainer does (impl/subnormals.py): steps on one repeated batch
-        # soon hold them; left in the process until teardown
-        self._context = contextlib.ExitStack()
+        # soon hold them
         self._context.enter_context(subnormals_flushed())
         self.net = common.model(model, device)
         self.optimizer = common.sgd(self.net)

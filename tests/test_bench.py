@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from bench import common, layers, models
+from impl import subnormals
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,10 +106,24 @@ def test_cuda_and_bf16_cases_are_skipped_not_failed(tiny):
         layers.Layer().setup("conv", 16, "cuda")
     with pytest.raises(NotImplementedError):
         layers.LayerBF16().setup("conv", 16, "cpu")
-    with pytest.raises(NotImplementedError):
-        models.TrainStep().setup("resnet18", "cpu", "bf16-autocast")
+    for params in (("resnet18", "cpu", "bf16-autocast"), ("resnet18", "cuda", "float32")):
+        step = models.TrainStep()
+        with pytest.raises(NotImplementedError):
+            step.setup(*params)
+        step.teardown(*params)  # asv tears a skipped case down too
+        assert not subnormals.flushing()
     with pytest.raises(NotImplementedError):
         layers.Layer().setup("learned-content", 32, "cpu")
+
+
+def test_train_step_flushes_subnormals_until_teardown(tiny):
+    step = models.TrainStep()
+    step.setup("resnet18", "cpu", "float32")
+    try:
+        assert subnormals.flushing() == subnormals.flushing_requested()
+    finally:
+        step.teardown("resnet18", "cpu", "float32")
+    assert not subnormals.flushing()
 
 
 def test_bad_parameters_name_the_allowed_values():
