@@ -12,6 +12,7 @@ against (alpha = 4 for the finite-alpha paths, inf for the hard limit).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import functools
@@ -26,6 +27,7 @@ from impl.allocator import retain_freed_memory
 from impl.attention import RelativeSelfAttention, gemm
 from impl.convert import conv_to_attention
 from impl.subnormals import flushing as subnormals_flushing
+from impl.subnormals import flushing_requested, subnormals_flushed
 
 # Every benchmark process keeps freed memory for re-use, as the trainer does (both sides of each
 # comparison; ATTENTION_CNN_MALLOC=system measures glibc's defaults instead).
@@ -74,6 +76,16 @@ def intra_op_threads(count: int):
         yield
     finally:
         torch.set_num_threads(saved)
+
+
+def training_subnormals(parser: argparse.ArgumentParser) -> contextlib.AbstractContextManager:
+    """For the training-step commands: subnormals flushed as the trainer flushes them (`impl.subnormals`),
+    a bad $ATTENTION_CNN_SUBNORMALS refused as a usage error before anything runs."""
+    try:
+        flushing_requested()
+    except ValueError as error:
+        parser.error(str(error))
+    return subnormals_flushed()
 
 
 def threads() -> int:

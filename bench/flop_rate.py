@@ -18,8 +18,6 @@ import time
 
 import torch
 
-from impl.subnormals import flushing_requested, subnormals_flushed
-
 from . import common
 
 MODELS = ("sa_quadratic", "resnet18")
@@ -44,11 +42,7 @@ def main(argv=None) -> int:
         parser.error("--batch, --rounds and --threads must be positive")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device on this machine")
-    try:
-        flushing_requested()
-    except ValueError as error:
-        parser.error(str(error))
-    with subnormals_flushed(), common.intra_op_threads(args.threads):  # as the trainer does
+    with common.training_subnormals(parser), common.intra_op_threads(args.threads):  # as the trainer does
         _table(args)
     return 0
 

@@ -24,8 +24,6 @@ import time
 
 import torch
 
-from impl.subnormals import flushing_requested, subnormals_flushed
-
 from . import common
 from .layers import PRECISIONS
 
@@ -112,13 +110,9 @@ def main(argv=None) -> int:
             parser.error(f"--models: {m!r} is not one of {', '.join(run_models)}")
     if batch < 1 or args.threads < 1 or args.rounds < 1 or args.steps < 1 or not precisions or not models:
         parser.error("--batch, --threads, --rounds and --steps must be >= 1; --models and --precisions non-empty")
-    try:
-        flushing_requested()
-    except ValueError as error:
-        parser.error(str(error))
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, threads {args.threads}"
     mode = "  torch.compile (inductor)" if args.compile else ""
-    with subnormals_flushed(), common.intra_op_threads(args.threads):  # as the trainer does
+    with common.training_subnormals(parser), common.intra_op_threads(args.threads):  # as the trainer does
         rates = measure(models, precisions, args.device, batch, args.rounds, args.steps,
                         "inductor" if args.compile else None)
         header = common.header(where, f"batch {batch}  rounds {args.rounds} x {args.steps} steps{mode}")

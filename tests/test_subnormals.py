@@ -90,3 +90,15 @@ def test_the_trainer_refuses_a_bad_setting_before_training(monkeypatch, capsys, 
     assert exit_.value.code == 2
     assert subnormals.ENV in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["flop_rate", "throughput"])
+def test_the_training_step_benchmarks_refuse_a_bad_setting(monkeypatch, capsys, command):
+    import importlib
+    monkeypatch.setenv(subnormals.ENV, "never")
+    module = importlib.import_module(f"bench.{command}")
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--rounds", "1"])
+    assert exit_.value.code == 2
+    assert subnormals.ENV in capsys.readouterr().err
+    assert not subnormals.flushing()

@@ -358,6 +358,14 @@ def _in_order(table: torch.Tensor) -> bool:
     return torch.equal(table.flatten(), torch.arange(table.numel(), device=table.device))
 
 
+def _distinct_matrices(query_probs: torch.Tensor, key_probs: torch.Tensor, table: torch.Tensor):
+    """`ProductMerge`'s distinct matrices: the query-axis ones R_r (Gq, Q0, K0), and the key-axis ones C_k
+    stacked row by row, (Q1 * Gk, K1) with row (q1, k) = C_k[q1] (so that one product gives U's groups
+    side by side in the channels)."""
+    n_cols, (q1, k1) = table.shape[1], key_probs.shape[1:]
+    return query_probs[table[:, 0]], key_probs[table[0]].transpose(0, 1).reshape(q1 * n_cols, k1)
+
+
 def _row_blocks(weight: torch.Tensor, table: torch.Tensor, channels: int) -> list[torch.Tensor]:
     """Each row group's merge blocks side by side, (O, Gk * C): [W_r1 | .. | W_rGk] for row group r."""
     out_dim, (n_rows, n_cols) = weight.shape[0], table.shape
@@ -394,8 +402,7 @@ class ProductMerge(torch.autograd.Function):
         n_rows, n_cols = table.shape
         q0, q1 = query_probs.shape[1], key_probs.shape[1]
         out_dim = weight.shape[0]
-        rows = query_probs[table[:, 0]]                                          # (Gq, Q0, K0)
-        stacked = key_probs[table[0]].transpose(0, 1).reshape(q1 * n_cols, k1)   # row (q1, k) = C_k[q1]
+        rows, stacked = _distinct_matrices(query_probs, key_probs, table)
         w_rows = [project_operand(w) for w in _row_blocks(weight, table, channels)]
         x_cl = _channels_last(x)                        # no copy when x is a view of channels-last tokens
         out_cl = x.new_empty(batch, q0, q1, out_dim)
@@ -430,9 +437,8 @@ class ProductMerge(torch.autograd.Function):
         n_rows, n_cols = table.shape
         q0, q1 = query_probs.shape[1], key_probs.shape[1]
         out_dim = weight.shape[0]
-        rows = query_probs[table[:, 0]]                                          # (Gq, Q0, K0)
+        rows, stacked = _distinct_matrices(query_probs, key_probs, table)
         rows_t = rows.transpose(1, 2).contiguous()                               # (Gq, K0, Q0)
-        stacked = key_probs[table[0]].transpose(0, 1).reshape(q1 * n_cols, k1)
         stacked_t = stacked.t().contiguous()                                     # (K1, Q1 * Gk)
         grad_x = torch.empty_like(x_cl) if need_x else None                      # channels-last
         in_order = _in_order(table)
