@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Every GPU measurement issue 5 asks for, in phases that each fit one device call (< 10 minutes on one H100):
+# Every GPU measurement issue 5 asks for, in phases that each fit one device call (< 10 minutes on one H100).
+# A lease of 15 device minutes (a start of 1-2 minutes included) holds one call of `targets` with time to
+# rerun it; longer leases take the full phases, two to a call:
 #
-#   bash bench/gpu_session.sh tests layers      # then, in a second call:
+#   bash bench/gpu_session.sh targets           # every target once, at most 6 minutes
+#   bash bench/gpu_session.sh tests layers      # else, in a first call; then, in a second:
 #   bash bench/gpu_session.sh models compiled   # and in a third:
 #   bash bench/gpu_session.sh asv
 #
 # Phases (each writes $OUT/<phase>.txt; $OUT defaults to ./gpu_out):
+#   targets the short form, every step under its own time limit (together 340 s): the CUDA device tests
+#           (verify/test_devices.py), then the layer ratios in bf16 autocast with peak memory (the converted
+#           layer, content + position and its plain math reference), sa_quadratic's and resnet18's images/s
+#           in float32 and bf16, and their FLOP rates
 #   tests   the test suite with CUDA present (verify/test_devices.py: every kind of layer forward and backward
 #           on CUDA, compiled FlexAttention included, against the exact layer; tests/test_dropout.py's CUDA case)
 #   layers  bench.ratios on CUDA, batch 100, float32 and bf16 autocast: every layer path against the conv,
@@ -31,10 +38,10 @@ export ASV_PYTHONPATH="$PWD${ASV_PYTHONPATH:+:$ASV_PYTHONPATH}"
 OUT=${OUT:-gpu_out}
 MACHINE=${MACHINE:-h100}
 PYTHON=${PYTHON:-python3}
-[ $# -ge 1 ] || { echo "usage: $0 PHASE... (tests, layers, models, compiled, asv)" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 PHASE... (targets, tests, layers, models, compiled, asv)" >&2; exit 2; }
 for phase in "$@"; do
-  case "$phase" in tests|layers|models|compiled|asv) ;;
-    *) echo "unknown phase $phase (tests, layers, models, compiled, asv)" >&2; exit 2 ;; esac
+  case "$phase" in targets|tests|layers|models|compiled|asv) ;;
+    *) echo "unknown phase $phase (targets, tests, layers, models, compiled, asv)" >&2; exit 2 ;; esac
 done
 if ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
   echo "no CUDA device for $PYTHON: this script records GPU figures (under the asv machine $MACHINE)" >&2; exit 3
@@ -47,6 +54,17 @@ for phase in "$@"; do
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
     "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } >"$log"
   case "$phase" in
+    targets)
+      # each step runs whatever the one before it did; the phase's status is the last failure's
+      rc=0
+      timeout 90 "$PYTHON" -m pytest -q -rfEs -p no:cacheprovider verify/test_devices.py >>"$log" 2>&1 || rc=$?
+      timeout 150 "$PYTHON" -m bench.ratios --device cuda --precision bf16-autocast \
+        --paths separable-quadratic,learned-content,content-reference --rounds 3 --min-run-time 0.2 \
+        >>"$log" 2>&1 || rc=$?
+      timeout 60 "$PYTHON" -m bench.throughput --device cuda --models sa_quadratic,resnet18 --rounds 2 \
+        --steps 5 >>"$log" 2>&1 || rc=$?
+      timeout 40 "$PYTHON" -m bench.flop_rate --device cuda --batch 100 --rounds 2 >>"$log" 2>&1 || rc=$?
+      (exit $rc) ;;
     tests)
       # every failure, not the first only (-x): the CUDA cases run nowhere else; one worker per file group
       timeout 540 "$PYTHON" -m pytest -q -rfEs -p no:cacheprovider -n 8 --dist loadgroup tests verify >>"$log" 2>&1 ;;
