@@ -1,7 +1,8 @@
 """asv suite: a training step (forward, backward, SGD) of the paper's models, by registry name.
 
-`sa_quadratic` (the paper's self-attention classifier, 9 isotropic quadratic heads) and `resnet18` (the
-CIFAR ResNet18 baseline) on CIFAR-shaped batches: 2 images on CPU (so a --quick run stays short), 100 on
+Every model behind a run of the paper (`common.MODELS`, from `common.PAPER_RUNS`: the quadratic,
+generalized, many-heads, learned and learned + content self-attention classifiers) and `resnet18` (the
+CIFAR ResNet18 baseline), on CIFAR-shaped batches: 2 images on CPU (so a --quick run stays short), 100 on
 CUDA; float32, and bf16 autocast on CUDA. Throughput in images/s, FLOP rate (FlopCounterMode's count of
 one forward + backward over the measured step time) and peak memory.
 """

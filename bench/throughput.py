@@ -27,17 +27,7 @@ import torch
 from . import common
 from .layers import PRECISIONS
 
-# (run, registered model, epochs): the paper's training runs. The pruned run trains the generalized model
-# after pruning its degenerate heads, so its time here (the unpruned model's) is an upper bound.
-PAPER_RUNS = (
-    ("quadratic", "sa_quadratic", 300),
-    ("quadratic-generalized", "sa_generalized", 300),
-    ("quadratic-generalized-pruned", "sa_generalized", 100),
-    ("many-heads", "sa_many_heads", 300),
-    ("learned", "sa_learned", 300),
-    ("learned + content", "sa_learned_content", 300),
-    ("resnet", "resnet18", 300),
-)
+PAPER_RUNS = common.PAPER_RUNS
 CIFAR10_TRAIN_IMAGES = 50_000
 
 
@@ -103,7 +93,7 @@ def main(argv=None) -> int:
             parser.error(f"--precisions: {p!r} is not one of {', '.join(PRECISIONS)}")
         if p == "bf16-autocast" and args.device != "cuda":
             parser.error("--precisions: bf16-autocast is measured on --device cuda only")
-    run_models = list(dict.fromkeys(m for _, m, _ in PAPER_RUNS))
+    run_models = list(common.MODELS)
     models = run_models if args.models is None else [m for m in args.models.split(",") if m]
     for m in models:
         if m not in run_models:
