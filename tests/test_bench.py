@@ -200,7 +200,8 @@ def test_gpu_session_hands_the_checkout_to_asv(stub_python, tmp_path):
 
 def test_gpu_session_targets_phase_measures_every_target_in_one_call(stub_python, tmp_path):
     """The short phase for a 15-minute lease: the CUDA tests, then the layer ratios in bf16 (paths that exist),
-    the two models' images/s and their FLOP rates, each step under a time limit that fits one call."""
+    the two models' images/s (sa_quadratic's compiled in bf16 too) and their FLOP rates, each step under a
+    time limit that fits one call."""
     from bench import common
 
     stub, log = stub_python
@@ -210,7 +211,9 @@ def test_gpu_session_targets_phase_measures_every_target_in_one_call(stub_python
                           text=True, env=env)
     assert done.returncode == 0, done.stderr
     calls = [line.split(" | ")[0].split() for line in log.read_text().splitlines()]
-    assert [call[1] for call in calls] == ["pytest", "bench.ratios", "bench.throughput", "bench.flop_rate"]
+    assert [call[1] for call in calls] == ["pytest", "bench.ratios", "bench.throughput", "bench.throughput",
+                                           "bench.flop_rate"]
+    assert "--compile" in calls[3] and "bf16-autocast" in calls[3] and "sa_quadratic" in calls[3]
     assert "verify/test_devices.py" in calls[0]
     ratios = calls[1]
     assert ratios[ratios.index("--device") + 1] == "cuda"
@@ -219,7 +222,7 @@ def test_gpu_session_targets_phase_measures_every_target_in_one_call(stub_python
     assert "separable-quadratic" in paths and set(paths) <= set(common.LAYER_PATHS)
     limits = [int(n) for n in re.findall(r"timeout (\d+)", (ROOT / "bench" / "gpu_session.sh").read_text().split(
         "targets)\n", 1)[1].split(";;", 1)[0])]
-    assert len(limits) == 4 and sum(limits) <= 360
+    assert len(limits) == 5 and sum(limits) <= 400
     assert (out / "targets.txt").read_text().rstrip().endswith("exit status 0")
 
 
