@@ -131,6 +131,9 @@ class DenseMerge(torch.autograd.Function):
         grad_x = x_cl.new_empty(batch, keys, channels) if need_x else None
         grad_w = x_cl.new_zeros(heads * out_dim, channels) if need_w else None
         dropped = torch.empty_like(shared) if keep is not None and per_image else None
+        # image i's mask as float factors, converted once for both its uses below (a product with the uint8
+        # mask converts it to float first, on every call)
+        factor = torch.empty_like(shared) if keep is not None and per_image else None
         per_image_elements = keys * heads * (out_dim if per_image else out_dim + queries)
         chunk = images_per_chunk(batch, per_image_elements * x_cl.element_size(), x_cl.device, CHUNK_BYTES)
         for start in range(0, batch, chunk):
@@ -138,7 +141,9 @@ class DenseMerge(torch.autograd.Function):
             if per_image:
                 grad_values = x_cl.new_empty(stop - start, keys, heads * out_dim) if need_values else None
                 for i in range(start, stop):
-                    matrix = shared if keep is None else torch.mul(shared, as_factor(keep[i]), out=dropped)
+                    if keep is not None:
+                        factor.copy_(as_factor(keep[i]))
+                    matrix = shared if keep is None else torch.mul(shared, factor, out=dropped)
                     # the values' gradient written into the chunk's (a copy of 3.7 MB an image cost 0.7 ms)
                     grad_matrix, _ = transposed_matmul_backward(
                         grad_cl[i], matrix.view(keys * heads, queries), stacked[i], need_a=need_p,
@@ -146,7 +151,7 @@ class DenseMerge(torch.autograd.Function):
                     if need_p and keep is None:
                         grad_shared += grad_matrix.view(shared.shape)
                     elif need_p:
-                        grad_shared.addcmul_(grad_matrix.view(shared.shape), as_factor(keep[i]))
+                        grad_shared.addcmul_(grad_matrix.view(shared.shape), factor)
             else:
                 matrices = _matrices(shared, keep, start, stop)                 # (b, K * H, Q)
                 grad_values = torch.bmm(matrices, grad_cl[start:stop]).view(
