@@ -106,7 +106,11 @@ def _broadcasts(shape: tuple, target: tuple) -> bool:
 def as_factor(keep: torch.Tensor) -> torch.Tensor:
     """A bool mask as 0/1 factors to multiply by: its uint8 view (no copy). A float tensor times a uint8
     one is a single pass here; times a bool one, torch first copies the mask to float (2.3x the time on
-    the attention masks), and `where` 4.6-5.5x (docs/RESULTS.md)."""
+    the attention masks), and `where` 4.6-5.5x (docs/RESULTS.md). While torch.compile traces, the mask
+    itself: the compiler fuses its conversion into the product, and torch 2.11's inductor (the GPU
+    image's) cannot lower a bool tensor viewed as uint8."""
+    if torch.compiler.is_compiling():
+        return keep
     return keep.view(torch.uint8)
 
 
@@ -119,7 +123,12 @@ class _MaskedScale(torch.autograd.Function):
         ctx.save_for_backward(keep)
         ctx.scale = scale
         ctx.x_shape = x.shape
-        return torch.mul(x, as_factor(keep)).mul_(scale)
+        product = torch.mul(x, as_factor(keep))
+        if torch.compiler.is_compiling():
+            # out of place: under torch 2.11's torch.compile, this Function's output scaled in place came
+            # back with a zero gradient (tests/test_dropout.py); eagerly in place, one buffer fewer
+            return product * scale
+        return product.mul_(scale)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -4,6 +4,7 @@ fallback's agreement in meaning with nn.Dropout."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -35,6 +36,31 @@ def test_traced_masks_keep_the_same_fraction(p):
     kept = traced().sum().item()
     keep = keep_probability(p)
     assert abs(kept - n * keep) < 6 * math.sqrt(n * keep * (1 - keep))  # six standard deviations
+
+
+@pytest.mark.parametrize("backend", [
+    "aot_eager",
+    pytest.param("inductor", marks=pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                                      reason="inductor needs a C++ compiler")),
+])
+def test_dropout_under_torch_compile_keeps_its_gradient(backend):
+    """`impl.train --compile` and `bench.throughput --compile` take inductor. Under torch 2.11 (the GPU
+    image's, within pyproject's range) inductor could not lower the mask's uint8 view of a bool tensor, so
+    the compiled model failed before its first step; and with either backend, the Function's output scaled
+    in place came back with a zero gradient, silently. The compiled dropout's output and gradient are x
+    and the upstream gradient times the mask, scaled by 1 / keep_probability(p) (p = 1/2: a scale of 2,
+    exact whichever precision the compiled code multiplies in)."""
+    torch._dynamo.reset()
+    p = 0.5
+    x = torch.randn(4, 64, requires_grad=True)
+    out = torch.compile(lambda t: dropout(t, p), backend=backend, fullgraph=True)(x)
+    kept = out.detach() != 0
+    scale = 1 / keep_probability(p)
+    assert torch.equal(out.detach(), torch.where(kept, x.detach() * scale, 0))
+    upstream = torch.randn(4, 64)
+    out.backward(upstream)
+    assert torch.equal(x.grad, torch.where(kept, upstream * scale, 0))
+    assert 0 < int(kept.sum()) < kept.numel()
 
 
 def test_keep_probability_is_exact_on_multiples_of_two_to_the_minus_fifteen():
