@@ -130,7 +130,8 @@ def test_attention_model_traces_under_torch_compile_as_one_graph(name):
     oneDNN's ops reject, so while compiling the layers take the plain products (`gemm.onednn_gemm`), the
     autograd merge (`mixing.positional_merge`), the compiler's random integers for the dropout masks
     (`impl.dropout.keep_mask`) and no positional cache: one graph (fullgraph), training mode included. The
-    aot_eager backend needs no C++ compiler; the outputs are compared in eval mode (no dropout mask)."""
+    aot_eager backend needs no C++ compiler; the outputs, and the parameters' gradients, are compared in
+    eval mode (no dropout mask; with grad enabled the layers take no positional cache either)."""
     torch._dynamo.reset()  # each model compiles afresh (the other cases' graphs count towards the recompile limit)
     torch.manual_seed(0)
     model = build(name)
@@ -143,6 +144,13 @@ def test_attention_model_traces_under_torch_compile_as_one_graph(name):
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+    grads = {}
+    for which, forward in (("compiled", compiled), ("eager", model)):
+        model.zero_grad(set_to_none=True)
+        forward(x).sum().backward()
+        grads[which] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for n, eager in grads["eager"].items():
+        torch.testing.assert_close(grads["compiled"][n], eager, rtol=1e-4, atol=1e-5, msg=lambda m: f"{n}: {m}")
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # the eager reference
