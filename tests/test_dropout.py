@@ -46,10 +46,10 @@ def test_traced_masks_keep_the_same_fraction(p):
 def test_dropout_under_torch_compile_keeps_its_gradient(backend):
     """`impl.train --compile` and `bench.throughput --compile` take inductor. Under torch 2.11 (the GPU
     image's, within pyproject's range) inductor could not lower the mask's uint8 view of a bool tensor, so
-    the compiled model failed before its first step; and with either backend, the Function's output scaled
-    in place came back with a zero gradient, silently. The compiled dropout's output and gradient are x
-    and the upstream gradient times the mask, scaled by 1 / keep_probability(p) (p = 1/2: a scale of 2,
-    exact whichever precision the compiled code multiplies in)."""
+    a model compiled on the CPU failed before its first step; and with either backend, the Function's
+    output scaled in place came back with a zero gradient, silently. The compiled dropout's output and
+    gradient are x and the upstream gradient times the mask, scaled by 1 / keep_probability(p) (p = 1/2:
+    a scale of 2, exact whichever precision the compiled code multiplies in)."""
     torch._dynamo.reset()
     p = 0.5
     x = torch.randn(4, 64, requires_grad=True)
