@@ -40,11 +40,16 @@ HEADS = 9
 ALPHA = 4.0
 SEED = 0
 LAYER_BATCH = {"cpu": 16, "cuda": 100}
+# `trained-quadratic`: head h's centre moved by h times this along both axes. Trained, each head's centre
+# moves by its own gradient, so the heads' per-axis matrices no longer repeat (no `ProductMerge`): how far
+# they moved changes neither the path nor its cost
+TRAINED_SHIFT = 1e-3
 
 LAYER_PATHS = (
     "conv",                  # nn.Conv2d(400, 400, 3, padding=1): the baseline
     "separable-quadratic",   # conv_to_attention(conv, alpha=4): separable quadratic heads (fused positional path)
     "fixed-encoding",        # the same with its encoding frozen (the merge alone trained): no probability gradients
+    "trained-quadratic",     # the same once training has moved each head's centre: no shared matrices, head by head
     "hard-limit",            # conv_to_attention(conv, alpha=inf): shifts, run as the convolution they are
     "generalized-encoding",  # generalized quadratic heads: one dense (H, N, N) matrix (fused positional path)
     "learned",               # learned relative heads, no content: separable
@@ -170,9 +175,13 @@ def _cpu_layer(path: str, size: int, channels: int, heads: int) -> nn.Module:
     _seeded(SEED + 1)
     if path == "conv":
         return conv
-    if path in ("separable-quadratic", "fixed-encoding", "dense-reference"):
+    if path in ("separable-quadratic", "fixed-encoding", "trained-quadratic", "dense-reference"):
         layer = conv_to_attention(conv, alpha=ALPHA)
         layer.encoding.requires_grad_(path != "fixed-encoding")
+        if path == "trained-quadratic":  # as after a first optimizer step: each head's centre its own
+            with torch.no_grad():
+                centre = layer.encoding.centre
+                centre += TRAINED_SHIFT * torch.arange(centre.shape[0], dtype=centre.dtype)[:, None]
         return DenseReference(layer) if path == "dense-reference" else layer
     if path == "hard-limit":
         return conv_to_attention(conv, alpha=math.inf)

@@ -2,7 +2,8 @@
 
 Ids (common.LAYER_PATHS): `conv` (nn.Conv2d(400, 400, 3, padding=1)), `separable-quadratic` (that conv
 converted at alpha = 4: separable quadratic heads), `fixed-encoding` (the same, its encoding frozen: no
-gradients for the probabilities), `hard-limit` (converted at alpha = inf: shifts),
+gradients for the probabilities), `trained-quadratic` (the same once training has moved each head's
+centre: its heads no longer share their per-axis matrices), `hard-limit` (converted at alpha = inf: shifts),
 `generalized-encoding` (dense positional matrix), `learned`, `learned-content` (SDPA / FlexAttention with
 the positional bias), `dense-reference` and `content-reference` (the separable-quadratic and the
 learned-content layers computed plainly). Batch 16 on CPU,
@@ -80,8 +81,8 @@ class LayerRatio:
     (median of 2 each): the issue's target is <= 1.3 for `separable-quadratic`. `python -m bench.ratios`
     does the same with more rounds and prints a table."""
 
-    params = (["separable-quadratic", "fixed-encoding", "hard-limit", "dense-reference"], list(common.SIZES),
-              list(common.DEVICES))
+    params = (["separable-quadratic", "fixed-encoding", "trained-quadratic", "hard-limit", "dense-reference"],
+              list(common.SIZES), list(common.DEVICES))
     param_names = ["path", "size", "device"]
     number = 1
     repeat = 1

@@ -80,7 +80,7 @@ def measure(paths, sizes, rounds: int, min_run_time: float, cpu_time: bool, devi
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ratios", description=__doc__.splitlines()[0])
-    parser.add_argument("--paths", default="separable-quadratic,hard-limit,learned,dense-reference",
+    parser.add_argument("--paths", default="separable-quadratic,trained-quadratic,hard-limit,learned,dense-reference",
                         help="comma-separated ids of common.LAYER_PATHS (default: %(default)s)")
     parser.add_argument("--sizes", default="16,32", help="token grid sides (default: %(default)s)")
     parser.add_argument("--device", default="cpu", choices=common.DEVICES, help="(default: %(default)s)")

@@ -2,8 +2,9 @@
 
 Not part of the default test run (pyproject's testpaths are tests/ and verify/). One group per
 (pass, size): the 3x3 convolution, our converted layer at alpha = 4 (separable-quadratic; fixed-encoding:
-its encoding frozen) and at alpha = inf (hard-limit), and the plain dense reference, each timed forward +
-backward on the paper's shape (400 channels, 9 heads, batch 16, CPU). pytest-benchmark lists each group fastest first, so the
+its encoding frozen; trained-quadratic: its heads' centres moved apart, as training moves them) and at
+alpha = inf (hard-limit), and the plain dense reference, each timed forward + backward on the paper's
+shape (400 channels, 9 heads, batch 16, CPU). pytest-benchmark lists each group fastest first, so the
 "(x.xx)" factors next to the timings read off as ratios to the convolution.
 
 BENCH_THREADS sets the intra-op threads (default: torch's, all cores); BENCH_ROUNDS the rounds (5).
@@ -19,7 +20,7 @@ import torch
 from bench import common
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
-CASES = ("conv", "separable-quadratic", "fixed-encoding", "hard-limit", "dense-reference")
+CASES = ("conv", "separable-quadratic", "fixed-encoding", "trained-quadratic", "hard-limit", "dense-reference")
 
 
 @pytest.mark.parametrize("size", common.SIZES)
