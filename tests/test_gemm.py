@@ -62,6 +62,22 @@ def test_project_into_a_buffer(lead, c, o, with_bias, backend):
     assert (got is buffer) == (backend == "blas")
 
 
+@pytest.mark.parametrize("lead,c,o", [((2, 7, 5), 12, 9), ((1, 1), 3, 1), ((3, 16), 40, 24)])
+def test_project_backward_into_buffers(lead, c, o, backend):
+    """With `into_input` (a buffer of u's shape, holding anything) and `add_weight_to` (a running sum, as
+    over a loop's chunks), u's gradient is the same, written into the buffer under BLAS, and w's gradient
+    is added to the sum and returned as it."""
+    u, w, g = _randn(*lead, c, seed=30), _randn(o, c, seed=31), _randn(*lead, o, seed=32)
+    buffer, running = torch.full((*lead, c), float("nan")), _randn(o, c, seed=33)
+    start = running.clone()
+    grad_u, grad_w = gemm.project_backward(g, u, w, into_input=buffer, add_weight_to=running)
+    rows_g, rows_u = g.double().reshape(-1, o), u.double().reshape(-1, c)
+    _check(grad_u, g.double() @ w.double(), g.double().abs() @ w.double().abs(), o)
+    _check(grad_w, start.double() + rows_g.t() @ rows_u, start.double().abs() + rows_g.abs().t() @ rows_u.abs(),
+           rows_g.shape[0] + 1)
+    assert grad_w is running and (grad_u.data_ptr() == buffer.data_ptr()) == (backend == "blas")
+
+
 @pytest.mark.parametrize("lead,m,s", [((7,), 5, 3), ((1,), 4, 1), ((2, 48), 12, 8)])
 def test_transposed_matmul_adds_to_a_strided_slice(lead, m, s, backend):
     """With `add_to` (here a slice of a larger tensor, its rows strided), a^T b is added to what it holds;

@@ -182,19 +182,35 @@ def _conv_backward(grad4, input4, weight, need_input: bool, need_weight: bool):
 
 
 def project_backward(g: torch.Tensor, y: torch.Tensor, w: torch.Tensor, *, need_input: bool = True,
-                     need_weight: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                     need_weight: bool = True, into_input: torch.Tensor | None = None,
+                     add_weight_to: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The gradients of `project(y, w)` for upstream g (..., O): wrt y, g @ w (..., C) contiguous, and wrt
     w, sum over rows of g^T y (O, C); None for those not needed. On oneDNN both come from one weight- and
-    data-gradient call, w read as it is (no transposed copy)."""
+    data-gradient call, w read as it is (no transposed copy).
+
+    into_input: a contiguous buffer of y's shape that BLAS writes y's gradient into (oneDNN returns its
+    own); add_weight_to: an (O, C) tensor that w's gradient is added to and returned as (BLAS accumulates
+    the product into it)."""
     if not (need_input or need_weight):
         return None, None
     if onednn_gemm(g) and g.dim() >= 2:
         grad_y4, grad_w4 = _conv_backward(_rows(g), _rows(y), w, need_input, need_weight)
         grad_y = _from_nhwc(grad_y4, y.shape[:-1]) if need_input else None
-        return grad_y, grad_w4.view(g.shape[-1], y.shape[-1]) if need_weight else None
+        grad_w = grad_w4.view(g.shape[-1], y.shape[-1]) if need_weight else None
+        if grad_w is not None and add_weight_to is not None:
+            grad_w = add_weight_to.add_(grad_w)
+        return grad_y, grad_w
     g2 = g.reshape(-1, g.shape[-1])
-    grad_y = (g2 @ w).view(*y.shape[:-1], w.shape[1]) if need_input else None
-    return grad_y, g2.t() @ y.reshape(-1, y.shape[-1]) if need_weight else None
+    grad_y = grad_w = None
+    if need_input and into_input is None:
+        grad_y = (g2 @ w).view(*y.shape[:-1], w.shape[1])
+    elif need_input:
+        grad_y = torch.mm(g2, w, out=into_input.view(-1, w.shape[1])).view(*y.shape[:-1], w.shape[1])
+    if need_weight and add_weight_to is None:
+        grad_w = g2.t() @ y.reshape(-1, y.shape[-1])
+    elif need_weight:
+        grad_w = add_weight_to.addmm_(g2.t(), y.reshape(-1, y.shape[-1]))
+    return grad_y, grad_w
 
 
 def transposed_matmul(a: torch.Tensor, b: torch.Tensor, *, add_to: torch.Tensor | None = None) -> torch.Tensor:

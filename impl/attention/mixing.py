@@ -204,13 +204,15 @@ def _fill_bias(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
 
 
 # -- positional attention: key-side axes, per-head projection, query-side axis -------------------------
-def _key_side(x_cl: torch.Tensor, key_probs: Sequence[torch.Tensor], h: int, stages: list | None = None):
-    """Mix grid axes n-1 .. 1 of channels-last x_cl with head h's matrices; axis 0 stays keys."""
+def _key_side(x_cl: torch.Tensor, key_probs: Sequence[torch.Tensor], h: int, stages: list | None = None,
+              into: torch.Tensor | None = None):
+    """Mix grid axes n-1 .. 1 of channels-last x_cl with head h's matrices; axis 0 stays keys. `into`: a
+    buffer of the result's shape (the previous head's) that the last mix is written into."""
     t = x_cl
     for axis in range(len(key_probs), 0, -1):
         if stages is not None:
             stages.append(t)
-        t = axis_apply(key_probs[axis - 1][h], t, axis)
+        t = axis_apply(key_probs[axis - 1][h], t, axis, into=into if axis == 1 else None)
     return t
 
 
@@ -254,9 +256,10 @@ class PositionalMerge(torch.autograd.Function):
             stop = min(batch, start + chunk)
             x_cl = _channels_last(x[start:stop])                                 # (b, K0, .., C)
             out_cl = _bias_filled(x, (stop - start, q0, *q_rest, out_dim), bias)   # (b, Q0, .., O)
+            u = v = None  # one buffer each for every head of the chunk: memory just written is faster to write
             for h in range(heads):
-                u = _key_side(x_cl, key_probs, h)                                # (b, K0, Q1.., C)
-                v = project(u, w_heads[h])                                       # (b, K0, Q1.., O)
+                u = _key_side(x_cl, key_probs, h, into=u)                        # (b, K0, Q1.., C)
+                v = project(u, w_heads[h], out=v)                                # (b, K0, Q1.., O)
                 axis_apply(query_side.matrix(start, stop, h), v, 0, out=out_cl)
             out[start:stop] = out_cl.movedim(-1, 1)
         ctx.save_for_backward(x, weight, query_probs, *key_probs)
@@ -291,17 +294,19 @@ class PositionalMerge(torch.autograd.Function):
             g_cl = _channels_last(grad[start:stop])                              # (b, Q0, .., O)
             x_cl = _channels_last(x[start:stop])
             gx_cl = torch.zeros_like(x_cl) if need_x else None
+            u = mixed = t = g_rows = None  # one buffer each for every head of the chunk, as in the forward
             for h in range(heads):
                 p0 = query_side.matrix(start, stop, h)
                 p0_t = p0.transpose(-1, -2) if per_image else q_t[h]
                 stages: list = []
-                u = _key_side(x_cl, key_probs, h, stages)                        # (b, K0, Q1.., C)
+                u = _key_side(x_cl, key_probs, h, stages, into=u)                # (b, K0, Q1.., C)
                 need_t = need_q or need_u_grad
                 if need_w:  # t = g W_h, the projection's input gradient, from the same call
-                    t, grad_head = project_backward(g_cl, axis_apply(p0, u, 0), w_heads[h], need_input=need_t)
-                    grad_w[h] += grad_head
+                    mixed = axis_apply(p0, u, 0, into=mixed)
+                    t, _ = project_backward(g_cl, mixed, w_heads[h], need_input=need_t, into_input=t,
+                                            add_weight_to=grad_w[h])
                 elif need_t:
-                    t = project(g_cl, w_t[h])                                    # (b, Q0, Q1.., C)
+                    t = project(g_cl, w_t[h], out=t)                             # (b, Q0, Q1.., C)
                 if not need_t:
                     continue
                 if need_q:
@@ -315,7 +320,7 @@ class PositionalMerge(torch.autograd.Function):
                     if need_x:
                         axis_apply(p0_t, t, 0, out=gx_cl)
                     continue
-                g = axis_apply(p0_t, t, 0)                                       # (b, K0, Q1.., C)
+                g = g_rows = axis_apply(p0_t, t, 0, into=g_rows)                 # (b, K0, Q1.., C)
                 for axis in range(1, n_key + 1):  # undo the key side, last applied first
                     source = stages[n_key - axis]
                     if need_k[axis - 1]:
