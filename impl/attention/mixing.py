@@ -21,11 +21,12 @@ The fast paths, which return the merged output (B, O, *Q) directly and never hol
   head: the key-side axes are mixed first (small batched matmuls on channels-last tokens), the head's
   block of the merge projects the channels (the large GEMM; oneDNN or BLAS on CPU float32, `gemm`), and
   the query-side axis is mixed last, accumulating into the output. `PositionalMerge` does this in chunks
-  of images with a hand-written backward that recomputes the per-head tensors instead of keeping them;
-  `positional_merge_autograd` is the same computation left to autograd (autocast, half precision). Heads
-  that share their per-axis matrices (a converted convolution) take `ProductMerge`, which applies each
-  distinct matrix once and keeps x and the key-side mix channels-last for its backward (returning its
-  output and x's gradient as channels-last views). Dense probabilities shared by the batch, and every head under attention dropout
+  of images with a hand-written backward that recomputes the per-head tensors instead of keeping them
+  (keeping them was slower: docs/RESULTS.md); `positional_merge_autograd` is the same computation left to
+  autograd (autocast, half precision). Heads that share their per-axis matrices (a converted convolution)
+  take `ProductMerge`, which applies each distinct matrix once and also keeps the key-side mix for its
+  backward. Both keep x channels-last and return their output and x's gradient as channels-last views.
+  Dense probabilities shared by the batch, and every head under attention dropout
   (`dropout=p`: an independent mask per image), take `dense_merge.DenseMerge`: all heads' projections
   first, then one product per image whose depth is every head's keys (it keeps the projected values,
   (B, tokens, heads * out), for its backward).
@@ -237,8 +238,9 @@ class PositionalMerge(torch.autograd.Function):
     """out = sum_h P0_h x_0 (W_h (P_{n-1,h} x_{n-1} ... P_{1,h} x_1 x)) + b, chunked, recomputing in backward.
 
     x (B, C, K0, .., K_{n-1}); query_probs (H, Q0, K0), or (B, H, Q0, K0) with one matrix per image;
-    key_probs[a - 1] (H, Q_a, K_a) for a = 1..n-1; weight (O, H * C); bias (O,) or None. Returns
-    (B, O, Q0, .., Q_{n-1}) contiguous. Saves only its inputs.
+    key_probs[a - 1] (H, Q_a, K_a) for a = 1..n-1; weight (O, H * C); bias (O,) or None. Returns a
+    (B, O, Q0, .., Q_{n-1}) view of a channels-last (B, Q0, .., O) tensor (the transformer's tokens, no copy),
+    and x's gradient channels-last likewise. Saves its inputs, x channels-last (a view when it is one).
     """
 
     @staticmethod
@@ -249,30 +251,30 @@ class PositionalMerge(torch.autograd.Function):
         q_rest = [p.shape[1] for p in key_probs]
         query_side = _QuerySide(query_probs)
         w_heads = weight.view(out_dim, heads, channels).transpose(0, 1).contiguous()  # (H, O, C)
-        out = x.new_empty(batch, out_dim, q0, *q_rest)
+        x_cl_all = _channels_last(x)                    # no copy when x is a view of channels-last tokens
+        out_cl_all = x.new_empty(batch, q0, *q_rest, out_dim)
         image_elements = max(k0, q0) * max(math.prod(q_rest), math.prod(x.shape[3:])) * max(channels, out_dim)
         chunk = _chunk(batch, image_elements, x.element_size(), x.device, CHUNK_BYTES)
         for start in range(0, batch, chunk):
             stop = min(batch, start + chunk)
-            x_cl = _channels_last(x[start:stop])                                 # (b, K0, .., C)
-            out_cl = _bias_filled(x, (stop - start, q0, *q_rest, out_dim), bias)   # (b, Q0, .., O)
+            x_cl = x_cl_all[start:stop]                                          # (b, K0, .., C)
+            out_cl = _fill_bias(out_cl_all[start:stop], bias)                    # (b, Q0, .., O)
             u = v = None  # one buffer each for every head of the chunk: memory just written is faster to write
             for h in range(heads):
                 u = _key_side(x_cl, key_probs, h, into=u)                        # (b, K0, Q1.., C)
                 v = project(u, w_heads[h], out=v)                                # (b, K0, Q1.., O)
                 axis_apply(query_side.matrix(start, stop, h), v, 0, out=out_cl)
-            out[start:stop] = out_cl.movedim(-1, 1)
-        ctx.save_for_backward(x, weight, query_probs, *key_probs)
+        ctx.save_for_backward(x_cl_all, weight, query_probs, *key_probs)
         ctx.has_bias = bias is not None
         ctx.chunk = chunk
-        return out
+        return out_cl_all.movedim(-1, 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, weight, query_probs, *key_probs = ctx.saved_tensors
+        x_cl_all, weight, query_probs, *key_probs = ctx.saved_tensors
         need_x, need_w, need_b, need_q, *need_k = ctx.needs_input_grad
-        batch, channels = x.shape[:2]
+        batch, channels = x_cl_all.shape[0], x_cl_all.shape[-1]
         query_side = _QuerySide(query_probs)
         per_image = query_side.per_image
         heads = query_probs.shape[-3]
@@ -282,8 +284,8 @@ class PositionalMerge(torch.autograd.Function):
         w_t = None if need_w else w_heads.transpose(1, 2).contiguous()           # (H, C, O)
         q_t = None if per_image else query_probs.transpose(-1, -2).contiguous()  # (H, K0, Q0)
         k_t = [p.transpose(1, 2).contiguous() for p in key_probs]
-        grad_x = torch.empty_like(x) if need_x else None
-        grad_w = x.new_zeros(heads, out_dim, channels) if need_w else None
+        grad_x = torch.empty_like(x_cl_all) if need_x else None                  # channels-last
+        grad_w = x_cl_all.new_zeros(heads, out_dim, channels) if need_w else None
         grad_q = None  # one matrix per image: every one written below; shared ones: summed over images
         if need_q:
             grad_q = torch.empty_like(query_probs) if query_probs.dim() == 4 else torch.zeros_like(query_probs)
@@ -292,8 +294,8 @@ class PositionalMerge(torch.autograd.Function):
         for start in range(0, batch, ctx.chunk):
             stop = min(batch, start + ctx.chunk)
             g_cl = _channels_last(grad[start:stop])                              # (b, Q0, .., O)
-            x_cl = _channels_last(x[start:stop])
-            gx_cl = torch.zeros_like(x_cl) if need_x else None
+            x_cl = x_cl_all[start:stop]
+            gx_cl = grad_x[start:stop].zero_() if need_x else None
             u = mixed = t = g_rows = None  # one buffer each for every head of the chunk, as in the forward
             for h in range(heads):
                 p0 = query_side.matrix(start, stop, h)
@@ -329,11 +331,9 @@ class PositionalMerge(torch.autograd.Function):
                         g = axis_apply(k_t[axis - 1][h], g, axis)
                     elif need_x:
                         axis_apply(k_t[axis - 1][h], g, axis, out=gx_cl)
-            if need_x:
-                grad_x[start:stop] = gx_cl.movedim(-1, 1)
         grad_weight = grad_w.transpose(0, 1).reshape(out_dim, heads * channels) if need_w else None
         grad_bias = grad.sum([d for d in range(grad.dim()) if d != 1]) if need_b and ctx.has_bias else None
-        return (grad_x, grad_weight, grad_bias, grad_q, *grad_k)
+        return (None if grad_x is None else grad_x.movedim(-1, 1), grad_weight, grad_bias, grad_q, *grad_k)
 
 
 def product_groups(query_probs: torch.Tensor, key_probs: Sequence[torch.Tensor]) -> torch.Tensor | None:
