@@ -151,14 +151,29 @@ def test_other_dtypes_take_the_plain_products():
     assert torch.allclose(grad_u, gu @ w) and torch.allclose(grad_w, gu.reshape(-1, 6).t() @ u.reshape(-1, 4))
 
 
-@pytest.mark.parametrize("vendor,expected", [("AuthenticAMD", "onednn"), ("GenuineIntel", "blas"), ("", "blas")])
-def test_auto_backend_follows_the_cpu_vendor(monkeypatch, vendor, expected):
+@pytest.mark.parametrize("vendor,avx512,expected", [
+    ("AuthenticAMD", True, "onednn"), ("AuthenticAMD", False, "blas"),
+    ("GenuineIntel", True, "blas"), ("GenuineIntel", False, "blas"), ("", False, "blas")])
+def test_auto_backend_follows_the_cpu(monkeypatch, vendor, avx512, expected):
     monkeypatch.delenv("ATTENTION_CNN_GEMM", raising=False)
     monkeypatch.setattr(gemm, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(gemm, "cpu_has_avx512", lambda: avx512)
     assert gemm.default_backend() == expected
-    for choice in gemm.GEMM_BACKENDS:  # the environment overrides the vendor
+    for choice in gemm.GEMM_BACKENDS:  # the environment overrides the CPU
         monkeypatch.setenv("ATTENTION_CNN_GEMM", choice)
         assert gemm.default_backend() == choice
+
+
+def test_cpu_vendor_and_avx512_are_read_from_cpuinfo(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 fma avx512f avx512bw\n\n"
+                    "processor\t: 1\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 fma avx512f avx512bw\n")
+    monkeypatch.setattr(gemm, "CPUINFO", str(info))
+    assert gemm.cpu_vendor() == "AuthenticAMD" and gemm.cpu_has_avx512()
+    info.write_text("vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 fma avx512_vnni_missing\n")
+    assert not gemm.cpu_has_avx512()
+    monkeypatch.setattr(gemm, "CPUINFO", str(tmp_path / "absent"))
+    assert gemm.cpu_vendor() == "" and not gemm.cpu_has_avx512()
 
 
 def test_bad_backend_names_are_refused(monkeypatch):

@@ -1,10 +1,13 @@
 """The float32 GEMMs of the attention layers' fast paths, through oneDNN or BLAS on CPU.
 
-Which library multiplies float32 matrices fastest depends on the CPU (docs/RESULTS.md): on AMD CPUs
-(AVX-512) MKL's float32 GEMM, behind `torch.mm`, `bmm` and `nn.Linear`, runs at about half the rate of
-oneDNN's convolution kernels (100-110 against 200-470 GFLOP/s), while on Intel CPUs MKL runs most of
-these shapes as fast or faster (on a 2-core Xeon with AVX-512 and AMX: 231-318 against 208-316 GFLOP/s,
-the weight gradients 305-312 against 245-272). So the
+Which library multiplies float32 matrices fastest depends on the CPU (docs/RESULTS.md). On AMD CPUs
+with AVX-512 (Zen 4) MKL's float32 GEMM, behind `torch.mm`, `bmm` and `nn.Linear`, runs at about half
+the rate of oneDNN's convolution kernels (100-110 against 200-470 GFLOP/s): MKL takes its AVX2 kernels on
+a CPU that is not Intel's, oneDNN its AVX-512 ones. Where AVX2 is the widest either has (an AMD CPU
+without AVX-512, Zen 3) they multiply at the same rate (about 185 GFLOP/s on 2 cores), and the converted
+layer runs at 1.08 / 1.22x the convolution through BLAS against 1.73 / 1.82x through oneDNN (16x16 /
+32x32). On Intel CPUs MKL runs most of these shapes as fast or faster (on a 2-core Xeon with AVX-512 and
+AMX: 231-318 against 208-316 GFLOP/s, the weight gradients 305-312 against 245-272). So the
 backend is chosen per machine (`GEMM_BACKENDS`, `backend`): with "onednn" the products of float32 CPU
 tensors are written as 1x1 convolutions, with "blas" (and for anything else: CUDA, float64, half
 precision) they are the plain torch ops. Both compute the same sums; tests/test_gemm.py checks each
@@ -47,27 +50,41 @@ GEMM_BACKENDS = ("onednn", "blas")
 tokens), or torch's matrix products (MKL on x86)."""
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor id as Linux reports it ("GenuineIntel", "AuthenticAMD", ..), "" where unknown."""
+CPUINFO = "/proc/cpuinfo"
+
+
+def _cpuinfo(field: str) -> str:
+    """The first `field` of `CPUINFO` (Linux), "" where there is none."""
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+        with open(CPUINFO, encoding="ascii", errors="replace") as info:
             for line in info:
-                if line.startswith("vendor_id"):
-                    return line.partition(":")[2].strip()
+                name, _, value = line.partition(":")
+                if name.strip() == field:
+                    return value.strip()
     except OSError:
         pass
     return ""
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor id as Linux reports it ("GenuineIntel", "AuthenticAMD", ..), "" where unknown."""
+    return _cpuinfo("vendor_id")
+
+
+def cpu_has_avx512() -> bool:
+    """Whether the CPU has AVX-512 (its foundation, `avx512f`), as Linux reports it; False where unknown."""
+    return "avx512f" in _cpuinfo("flags").split()
+
+
 def default_backend() -> str:
-    """$ATTENTION_CNN_GEMM ("onednn", "blas" or "auto", the default); "auto" takes oneDNN on AMD CPUs,
-    where MKL's float32 GEMM runs at half oneDNN's rate, and BLAS elsewhere."""
+    """$ATTENTION_CNN_GEMM ("onednn", "blas" or "auto", the default); "auto" takes oneDNN on AMD CPUs with
+    AVX-512, where MKL's float32 GEMM runs at half oneDNN's rate, and BLAS elsewhere."""
     choice = os.environ.get("ATTENTION_CNN_GEMM", "auto")
     if choice not in ("auto", *GEMM_BACKENDS):
         raise ValueError(f"ATTENTION_CNN_GEMM must be one of auto, {', '.join(GEMM_BACKENDS)}; got {choice!r}")
     if choice != "auto":
         return choice
-    return "onednn" if cpu_vendor() == "AuthenticAMD" else "blas"
+    return "onednn" if cpu_vendor() == "AuthenticAMD" and cpu_has_avx512() else "blas"
 
 
 _backend = default_backend()
