@@ -303,6 +303,17 @@ def test_ratios_table_and_its_errors(tiny, capsys):
             ratios.main(bad)
 
 
+def test_ratios_report_each_round_and_the_fastest_rounds(tiny, monkeypatch):
+    """The median and range are of per-round ratios; the fastest column divides each side's own minimum."""
+    from bench import ratios
+
+    times = iter([2.0, 3.0, 1.0, 4.0])  # round 1: conv 2, ours 3; round 2: conv 1, ours 4
+    monkeypatch.setattr(ratios, "_wall", lambda module, x, min_run_time, precision="float32": next(times))
+    (row,) = ratios.measure(["separable-quadratic"], [4], rounds=2, min_run_time=0.01, cpu_time=False)
+    assert (row["low"], row["high"], row["ratio"]) == (1.5, 4.0, 2.75)
+    assert row["fastest_ratio"] == 3.0
+
+
 def test_throughput_projects_every_paper_run(tiny, capsys):
     from bench import throughput
 
