@@ -194,11 +194,6 @@ def _chunk(batch: int, per_image: int, element_size: int, device: torch.device, 
     return images_per_chunk(batch, per_image * element_size, device, budget * torch.get_num_threads())
 
 
-def _bias_filled(like: torch.Tensor, shape: Sequence[int], bias: torch.Tensor | None) -> torch.Tensor:
-    """A new channels-last output buffer (.., O) holding the bias (zeros without one), to accumulate into."""
-    return _fill_bias(like.new_empty(shape), bias)
-
-
 def _fill_bias(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Channels-last out (.., O) set to the bias (zeros without one), to accumulate into; returns it."""
     return out.zero_() if bias is None else out.copy_(bias.expand_as(out))
