@@ -34,7 +34,7 @@ WRAPPED = (
     (dense_merge.DenseMerge, "forward"), (dense_merge.DenseMerge, "backward"),
     (mixing, "project"), (mixing, "project_backward"), (mixing, "transposed_matmul"), (mixing, "axis_apply"),
     (mixing, "axis_contract"),
-    (mixing, "_per_image_apply"), (mixing, "_channels_last"), (mixing, "_bias_filled"),
+    (mixing, "_per_image_apply"), (mixing, "_channels_last"), (mixing, "_fill_bias"),
     (mixing._QuerySide, "matrix"), (mixing._QuerySide, "add_image_grads"),
     (dense_merge, "project"), (dense_merge, "project_backward"), (dense_merge, "transposed_matmul"),
     (dense_merge, "transposed_matmul_backward"),
