@@ -61,12 +61,13 @@ LAYER_PATHS = (
 
 def header(where: str, details: str) -> str:
     """The first line of every command-line table: date, torch, the machine (`where`, the CPU's vendor, its
-    widest vector instructions as torch uses them, and the CPU GEMM backend), load, allocator, and whether subnormals are flushed (`impl.subnormals`: the
-    training-step commands flush them, as the trainer does)."""
+    widest vector instructions as torch uses them, and the CPU GEMM backend), load, allocator, and whether
+    subnormals are flushed (`impl.subnormals`: the training-step commands flush them, as the trainer does)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     malloc = "retained" if RETAINED_MEMORY else "system"
     subnormals = "flushed" if subnormals_flushing() else "kept"
-    cpu = f"{gemm.cpu_vendor() or 'cpu'} {torch.backends.cpu.get_cpu_capability()}, gemm {gemm.current_backend()}"
+    capability = torch.backends.cpu.get_cpu_capability()
+    cpu = f"{gemm.cpu_vendor() or 'cpu'} {capability}, gemm {gemm.current_backend()}"
     return (f"# {datetime.date.today()}  torch {torch.__version__}  {where}  {cpu}  load average {load:.1f}  "
             f"malloc {malloc}  subnormals {subnormals}  {details}")
 

@@ -1,7 +1,7 @@
 """Training throughput of every model of the paper's runs, and the projected wall time of each run.
 
 `python -m bench.throughput --device cuda [--batch 100] [--precisions float32,bf16-autocast]`: for every
-model behind a run of the paper (`PAPER_RUNS`, ../shared/paper.md), one training step (forward,
+model behind a run of the paper (`common.PAPER_RUNS`, ../shared/paper.md), one training step (forward,
 cross-entropy, backward, SGD with the paper's settings) on a seeded CIFAR-shaped batch, timed over `--steps`
 steps after a warm-up, in interleaved rounds (every model and precision once per round, so a change in the
 machine's load hits all of them); prints the median images/s of each model and precision, then each run's
@@ -27,7 +27,6 @@ import torch
 from . import common
 from .layers import PRECISIONS
 
-PAPER_RUNS = common.PAPER_RUNS
 CIFAR10_TRAIN_IMAGES = 50_000
 
 
@@ -77,7 +76,7 @@ def main(argv=None) -> int:
                         help="comma-separated, of float32 and bf16-autocast (CUDA only) (default: both on "
                              "CUDA, float32 on CPU)")
     parser.add_argument("--models", default=None,
-                        help="comma-separated registered names (default: every model of PAPER_RUNS)")
+                        help="comma-separated registered names (default: every model of common.PAPER_RUNS)")
     parser.add_argument("--threads", type=int, default=2, help="CPU intra-op threads (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round (default: %(default)s)")
@@ -112,7 +111,7 @@ def main(argv=None) -> int:
         print(f"| {m} | {p} | {statistics.median(values):.1f} | {min(values):.1f}-{max(values):.1f} |")
     print("\n| run | model | epochs | " + " | ".join(f"hours ({p})" for p in precisions) + " |")
     print("|---|---|---|" + "---|" * len(precisions))
-    for run, m, epochs in PAPER_RUNS:
+    for run, m, epochs in common.PAPER_RUNS:
         if m in models:
             hours = [epochs * CIFAR10_TRAIN_IMAGES / statistics.median(rates[m, p]) / 3600 for p in precisions]
             print(f"| {run} | {m} | {epochs} | " + " | ".join(f"{h:.2f}" for h in hours) + " |")

@@ -321,7 +321,7 @@ def test_throughput_projects_every_paper_run(tiny, capsys):
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| run | model | epochs |"))
     runs = lines[header + 2:]
-    assert [line.split("|")[1].strip() for line in runs] == [run for run, _, _ in throughput.PAPER_RUNS]
+    assert [line.split("|")[1].strip() for line in runs] == [run for run, _, _ in common.PAPER_RUNS]
     assert all(float(line.split("|")[4]) > 0 for line in runs)
     with pytest.raises(SystemExit):
         throughput.main(["--precisions", "bf16-autocast"])
