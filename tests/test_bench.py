@@ -433,3 +433,65 @@ def test_account_rejects_unknown_layers_and_models(tiny):
         account.main(["--model", "no_such_model", "--rounds", "1"])
     with pytest.raises(SystemExit):
         account.main(["--layer", "learned", "--model", "sa_quadratic"])
+
+
+# Imports every module under bench/ as asv's discovery does, with every top-level module whose
+# distributions are all outside `allowed` made unimportable, as if not installed.
+_DISCOVERY_WITHOUT = """
+import importlib, importlib.abc, importlib.metadata as md, json, pkgutil, sys
+allowed = set(json.loads(sys.argv[1]))
+owners = md.packages_distributions()
+norm = lambda name: name.lower().replace("_", "-").replace(".", "-")
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        top = name.partition(".")[0]
+        dists = {norm(d) for d in owners.get(top, ())}
+        if dists and not dists & allowed:
+            raise ModuleNotFoundError(f"No module named {name!r} (not in asv's environment)", name=name)
+sys.meta_path.insert(0, Absent())
+import bench
+for module in pkgutil.walk_packages(bench.__path__, "bench."):
+    importlib.import_module(module.name)
+"""
+
+
+def _installed_closure(requirements) -> set[str]:
+    """The distributions `requirements` pull in, transitively (extras and markers honoured), as installed
+    here: normalised names."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen, todo = set(), [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        wanted = {(name, extra) for extra in {"", *req.extras}} - seen
+        if not wanted:
+            continue
+        seen |= wanted
+        try:
+            needs = [Requirement(r) for r in metadata.requires(name) or []]
+        except metadata.PackageNotFoundError:  # not for this platform
+            continue
+        todo += [r for r in needs if r.marker is None or any(r.marker.evaluate({"extra": e}) for _, e in wanted)]
+    return {name for name, _ in seen}
+
+
+def test_asv_environments_can_import_every_benchmark_module():
+    """`asv run` over a range of commits builds a virtualenv from the wheel and the extras its install
+    command names, then imports every module under bench/ to find the benchmarks: a module needing a
+    package outside that environment fails every commit (bench/test_ratios.py's pytest once did)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    install = _load_asv_conf()["install_command"][0]
+    extras = re.findall(r"\{wheel_file\}\[([\w,]+)\]", install)
+    requirements = list(project["dependencies"])
+    for extra in ",".join(extras).split(",") if extras else []:
+        requirements += project["optional-dependencies"][extra]
+    allowed = _installed_closure(requirements + ["pip", "setuptools"]) | {project["name"]}
+    done = subprocess.run([sys.executable, "-c", _DISCOVERY_WITHOUT, json.dumps(sorted(allowed))], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
