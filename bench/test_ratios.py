@@ -8,13 +8,15 @@ shape (400 channels, 9 heads, batch 16, CPU). pytest-benchmark lists each group 
 "(x.xx)" factors next to the timings read off as ratios to the convolution.
 
 BENCH_THREADS sets the intra-op threads (default: torch's, all cores); BENCH_ROUNDS the rounds (5).
+
+The module does not import pytest (its parameters come from the `pytest_generate_tests` hook): asv's
+discovery imports every module under bench/, in environments that hold the project's dependencies only.
 """
 
 from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 
 from bench import common
@@ -23,8 +25,12 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 CASES = ("conv", "separable-quadratic", "fixed-encoding", "trained-quadratic", "hard-limit", "dense-reference")
 
 
-@pytest.mark.parametrize("size", common.SIZES)
-@pytest.mark.parametrize("path", CASES)
+def pytest_generate_tests(metafunc):
+    """Every test here runs for each path of CASES at each size."""
+    metafunc.parametrize("path", CASES)
+    metafunc.parametrize("size", common.SIZES)
+
+
 def test_forward_backward(benchmark, path, size):
     module = common.layer(path, size, "cpu")
     x = common.layer_input(size, "cpu", requires_grad=True)
@@ -35,8 +41,6 @@ def test_forward_backward(benchmark, path, size):
                        warmup_rounds=1)
 
 
-@pytest.mark.parametrize("size", common.SIZES)
-@pytest.mark.parametrize("path", CASES)
 def test_forward(benchmark, path, size):
     module = common.layer(path, size, "cpu").eval()
     x = common.layer_input(size, "cpu")

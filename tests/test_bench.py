@@ -480,16 +480,17 @@ def _installed_closure(requirements) -> set[str]:
 
 
 def test_asv_environments_can_import_every_benchmark_module():
-    """`asv run` over a range of commits builds a virtualenv from the wheel and the extras its install
-    command names, then imports every module under bench/ to find the benchmarks: a module needing a
-    package outside that environment fails every commit (bench/test_ratios.py's pytest once did)."""
+    """`asv run` over a range of commits installs each commit's wheel (with the extras its install command
+    names) in a virtualenv, then imports every module under bench/ (the current checkout's) to run the
+    benchmarks: a module needing a package outside that environment fails every commit, as
+    bench/test_ratios.py's `import pytest` once did."""
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     install = _load_asv_conf()["install_command"][0]
-    extras = re.findall(r"\{wheel_file\}\[([\w,]+)\]", install)
+    extras = ",".join(re.findall(r"\{wheel_file\}\[([\w,]+)\]", install))
     requirements = list(project["dependencies"])
-    for extra in ",".join(extras).split(",") if extras else []:
+    for extra in filter(None, extras.split(",")):
         requirements += project["optional-dependencies"][extra]
     allowed = _installed_closure(requirements + ["pip", "setuptools"]) | {project["name"]}
     done = subprocess.run([sys.executable, "-c", _DISCOVERY_WITHOUT, json.dumps(sorted(allowed))], cwd=ROOT,
