@@ -1,5 +1,6 @@
 """The README works as written: its Python examples run, and every command it shows names a make target the
-Makefile has, a script the repository has, or a module entry point whose `--help` lists each flag used."""
+Makefile has, a script the repository has, or a module entry point whose `--help` lists each flag used
+(bench/README.md's `python -m` commands too)."""
 
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ print(json.dumps(texts))
 
 
 def _commands() -> list[str]:
-    """The README's shell lines, comments dropped."""
-    lines = (line.split("#")[0].strip() for block in COMMAND_BLOCKS for line in block.splitlines())
-    return [line for line in lines if line]
+    """The README's shell lines, comments dropped, and the `python -m` commands quoted in both READMEs."""
+    lines = [line.split("#")[0].strip() for block in COMMAND_BLOCKS for line in block.splitlines()]
+    quoted = re.findall(r"`(python -m [^`]+)`", README + (ROOT / "bench" / "README.md").read_text())
+    return [line for line in lines if line] + quoted
 
 
 def _module_and_flags(command: str) -> tuple[str, list[str]] | None:
