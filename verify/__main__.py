@@ -1,15 +1,19 @@
 """`python -m verify [--profile ci|thorough] [--json PATH]`: run verify/ and print the report.
 
 Exit status 0 when every statement is verified (sympy proof + numeric checks), 1 otherwise, 2 on bad
-arguments.
+arguments or when pytest or hypothesis is missing (`pip install 'attention-cnn[verify]'`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
+
+# what the numeric checks run on, beyond the package's own dependencies (its `verify` extra)
+CHECK_PACKAGES = ("pytest", "hypothesis")
 
 
 def _unwritable(path: Path) -> str | None:
@@ -24,6 +28,16 @@ def _unwritable(path: Path) -> str | None:
     if not os.access(parent, os.W_OK):
         return f"{parent} is not writable"
     return None
+
+
+def _missing_packages() -> list[str]:
+    missing = []
+    for name in CHECK_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         problem = _unwritable(Path(args.json))
         if problem:
             parser.error(f"--json {args.json}: {problem}")
+    missing = _missing_packages()
+    if missing:
+        parser.exit(2, f"python -m verify: needs {' and '.join(missing)}, not installed here: "
+                       f"pip install 'attention-cnn[verify]' (or {' '.join(missing)})\n")
     from verify import report
 
     extra = ("-k", args.k) if args.k else ()
