@@ -3,12 +3,23 @@ the tests of the tools that read them (impl.analyze, impl.explore, impl.figures)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import torch
 
 from impl import checkpoint, models
+
+
+# The trainer logs to TensorBoard where the tensorboard package is installed (a development dependency, not on
+# the GPU image), and skips it elsewhere.
+TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
+
+
+def tensorboard_event_files(run: Path) -> list[Path]:
+    """The TensorBoard event files of run directory `run`."""
+    return sorted((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def start_run(root: Path, name: str, model_name: str, overrides: dict, *, epochs: int = 1

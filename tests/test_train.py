@@ -23,6 +23,9 @@ import torch
 from impl import models, presets, train
 from impl.schedule import StepDecay, WarmupCosine, build_schedule
 
+sys.path.insert(0, str(Path(__file__).parent))
+from run_dirs import TENSORBOARD, tensorboard_event_files  # noqa: E402
+
 # One xdist worker for the whole file (with `--dist loadgroup`): the acceptance run is a module fixture.
 pytestmark = pytest.mark.xdist_group("train")
 
@@ -270,7 +273,7 @@ def test_acceptance_run_writes_the_run_directory(trained):
     assert best["best"]["value"] == pytest.approx(max(accuracies), abs=1e-6)
     model = models.build(config["model"], **config["model_overrides"])
     model.load_state_dict(best["model"])
-    assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
+    assert bool(tensorboard_event_files(trained)) == TENSORBOARD
     figures = {p.name for p in (trained / "figures").glob("*.png")}
     assert {"centres.png", "accuracy.png", "contours.png", "attention_q4_4.png"} <= figures
 
