@@ -439,13 +439,13 @@ def test_account_rejects_unknown_layers_and_models(tiny):
 # distributions are all outside `allowed` made unimportable, as if not installed.
 _DISCOVERY_WITHOUT = """
 import importlib, importlib.abc, importlib.metadata as md, json, pkgutil, sys
+from packaging.utils import canonicalize_name
 allowed = set(json.loads(sys.argv[1]))
 owners = md.packages_distributions()
-norm = lambda name: name.lower().replace("_", "-").replace(".", "-")
 class Absent(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         top = name.partition(".")[0]
-        dists = {norm(d) for d in owners.get(top, ())}
+        dists = {canonicalize_name(d) for d in owners.get(top, ())}
         if dists and not dists & allowed:
             raise ModuleNotFoundError(f"No module named {name!r} (not in asv's environment)", name=name)
 sys.meta_path.insert(0, Absent())
@@ -475,7 +475,8 @@ def _installed_closure(requirements) -> set[str]:
             needs = [Requirement(r) for r in metadata.requires(name) or []]
         except metadata.PackageNotFoundError:  # not for this platform
             continue
-        todo += [r for r in needs if r.marker is None or any(r.marker.evaluate({"extra": e}) for _, e in wanted)]
+        todo += [r for r in needs
+                 if r.marker is None or any(r.marker.evaluate({"extra": extra}) for _, extra in wanted)]
     return {name for name, _ in seen}
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"```(\w*)\n(.*?)```", README, re.S)
+FENCED = re.compile(r"```(\w*)\n(.*?)```", re.S)  # (language, code) of each fenced block
+BLOCKS = FENCED.findall(README)
 # the shell blocks, but the Layout section's tree
-COMMAND_BLOCKS = [block for section in re.split(r"^## ", README, flags=re.M) if not section.startswith("Layout")
-                  for lang, block in re.findall(r"```(\w*)\n(.*?)```", section, re.S) if lang in ("", "sh")]
+COMMAND_BLOCKS = [block for section in re.split(r"^## ", README, flags=re.M)
+                  if not section.startswith("Layout")
+                  for lang, block in FENCED.findall(section) if lang in ("", "sh")]
 
 # Every module's --help in one interpreter (torch imported once): {module: help text, or the error}
 _HELP_TEXTS = """
@@ -77,10 +79,11 @@ def test_every_command_names_something_that_exists():
             assert parsed is not None, f"a README command this test cannot check: {command!r}"
             uses.setdefault(parsed[0], set()).update(parsed[1])
     assert {"impl.train", "verify"} <= set(uses), "the README's entry points were not found"
-    if importlib.util.find_spec("pytest_benchmark") is None:  # --benchmark-only is that plugin's (the GPU image
-        uses.pop("pytest", None)                               # has none): pytest's help cannot list it there
-    done = subprocess.run([sys.executable, "-c", _HELP_TEXTS, *sorted(uses)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    # --benchmark-only is pytest-benchmark's: where it is absent (the GPU image) pytest cannot list it
+    if importlib.util.find_spec("pytest_benchmark") is None:
+        uses.pop("pytest", None)
+    done = subprocess.run([sys.executable, "-c", _HELP_TEXTS, *sorted(uses)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     texts = json.loads(done.stdout.strip().splitlines()[-1])
     for module, flags in uses.items():

@@ -4,7 +4,8 @@ On AMD CPUs (AVX-512) MKL's float32 GEMM behind `nn.Linear` runs at about 110 GF
 about 265 (a 4,096 x 400 by 400 x 512 product, one thread; docs/RESULTS.md), so there token tensors
 (B, ..., C) of float32 go through `gemm.project` (a 1x1 convolution, differentiable). Everywhere else
 (Intel CPUs and AMD ones without AVX-512, where MKL is as fast or faster; CUDA, autocast, other dtypes,
-2-D inputs, oneDNN off) it is `nn.Linear` itself; the decision is `gemm.onednn_gemm`'s, the one the attention layers' GEMMs take.
+2-D inputs, oneDNN off) it is `nn.Linear` itself; the decision is `gemm.onednn_gemm`'s, the one the
+attention layers' GEMMs take.
 """
 
 from __future__ import annotations
