@@ -3,10 +3,10 @@
 torch.profiler moves time on this project's CPU (it once put the convolution's pass at 548 ms against 345
 unprofiled, and made one small batched matmul read 2 ms a call where it takes 0.47), so this accounts
 without it: it wraps the functions of the attention path (the fused autograd functions of
-`impl.attention.mixing` and `dense_merge`, the helpers they call, and the dropout masks) with a wall
-clock, runs the passes, and prints per function and pass: calls, inclusive ms, exclusive ms (its wrapped
-callees' time taken out) and that as a fraction of the whole pass. Whatever no wrapped function covers is
-one line, "outside".
+`impl.attention`'s `positional_merge`, `product_merge` and `dense_merge`, the helpers they call, and the
+dropout masks) with a wall clock, runs the passes, and prints per function and pass: calls, inclusive ms,
+exclusive ms (its wrapped callees' time taken out) and that as a fraction of the whole pass. Whatever no
+wrapped function covers is one line, "outside".
 
     python -m bench.account                                   # separable-quadratic, 16x16, vs the conv
     python -m bench.account --layer learned --size 32 --threads 1
@@ -22,23 +22,22 @@ import time
 from dataclasses import dataclass, field
 
 from impl import dropout
-from impl.attention import dense_merge, mixing
+from impl.attention import axis_passes, dense_merge, positional_merge, product_merge
 
 from . import common
 
 # (owner, attribute): what is timed. The autograd functions' forward and backward are looked up on the
-# class at every call, so wrapping the class attributes times them.
+# class at every call, so wrapping the class attributes times them; each helper is wrapped in every module
+# that calls it by its own name (the same label, summed).
+HELPERS = ("project", "project_backward", "transposed_matmul", "transposed_matmul_backward", "axis_apply",
+           "axis_contract", "_per_image_apply", "channels_last", "fill_bias", "keep_mask")
 WRAPPED = (
-    (mixing.PositionalMerge, "forward"), (mixing.PositionalMerge, "backward"),
-    (mixing.ProductMerge, "forward"), (mixing.ProductMerge, "backward"),
+    (positional_merge.PositionalMerge, "forward"), (positional_merge.PositionalMerge, "backward"),
+    (product_merge.ProductMerge, "forward"), (product_merge.ProductMerge, "backward"),
     (dense_merge.DenseMerge, "forward"), (dense_merge.DenseMerge, "backward"),
-    (mixing, "project"), (mixing, "project_backward"), (mixing, "transposed_matmul"), (mixing, "axis_apply"),
-    (mixing, "axis_contract"),
-    (mixing, "_per_image_apply"), (mixing, "_channels_last"), (mixing, "_fill_bias"),
-    (mixing._QuerySide, "matrix"), (mixing._QuerySide, "add_image_grads"),
-    (dense_merge, "project"), (dense_merge, "project_backward"), (dense_merge, "transposed_matmul"),
-    (dense_merge, "transposed_matmul_backward"),
-    (dense_merge, "keep_mask"), (dropout, "keep_mask"),
+    (positional_merge._QuerySide, "matrix"), (positional_merge._QuerySide, "add_image_grads"),
+    *((module, name) for module in (positional_merge, product_merge, axis_passes, dense_merge, dropout)
+      for name in HELPERS if name in vars(module)),
 )
 
 

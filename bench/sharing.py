@@ -13,7 +13,7 @@ import statistics
 import time
 from unittest import mock
 
-from impl.attention import mixing
+from impl.attention import positional_merge
 
 from . import common
 
@@ -44,7 +44,7 @@ def _table(args) -> None:
         for _ in range(args.rounds + 1):  # the first round warms up and is dropped
             c = _cpu_time(conv, x)
             s = _cpu_time(layer, x)
-            with mock.patch.object(mixing, "product_groups", lambda *a: None):
+            with mock.patch.object(positional_merge, "product_groups", lambda *a: None):
                 p = _cpu_time(layer, x)
             shared.append(s / c), per_head.append(p / c), conv_ms.append(1e3 * c)
         shared, per_head, conv_ms = shared[1:], per_head[1:], conv_ms[1:]

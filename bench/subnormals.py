@@ -5,7 +5,7 @@ Far keys of a quadratic head get probabilities exp(-alpha d^2) among float32's s
 operation with a subnormal operand or result takes a microcode assist (AMD's cores pay little). Times,
 side by side in interleaved rounds (medians, ms; 2 threads):
 - the mixing pass of a converted 3x3 layer (alpha 4, 16x16 tokens): one row matrix applied to a 1,200-wide
-  chunk of 16 images (`mixing.axis_apply`), with the plain softmax's matrix and with the layer's
+  chunk of 16 images (`axis_passes.axis_apply`), with the plain softmax's matrix and with the layer's
   (`encodings.attention_softmax`, probabilities below eps^2 dropped);
 - an attention product of the paper's model (an image's 2,304 x 256 probabilities by a 256 x 400
   gradient): probabilities of 1e-30 (normal) by gradients of 1e-9, whose products are subnormal, against
@@ -21,7 +21,7 @@ import time
 import torch
 
 from impl.attention.encodings import attention_softmax
-from impl.attention.mixing import axis_apply
+from impl.attention.axis_passes import axis_apply
 
 from . import common
 

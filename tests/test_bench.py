@@ -383,11 +383,11 @@ def test_account_separates_a_callees_time_from_its_callers():
 
 def test_account_layer_times_the_fused_path_and_restores_it(tiny, capsys):
     from bench import account
-    from impl.attention import dense_merge, mixing
+    from impl.attention import dense_merge, product_merge
 
-    before = {name: mixing.__dict__[name] for name in ("project", "axis_apply")}
+    before = {name: product_merge.__dict__[name] for name in ("project", "axis_apply")}
     mask = dense_merge.__dict__["keep_mask"]
-    forward = mixing.ProductMerge.__dict__["forward"]
+    forward = product_merge.ProductMerge.__dict__["forward"]
     assert account.main(["--size", "4", "--batch", "2", "--rounds", "2"]) == 0
     out = capsys.readouterr().out
     ratio = next(line for line in out.splitlines() if line.startswith("separable-quadratic "))
@@ -397,9 +397,9 @@ def test_account_layer_times_the_fused_path_and_restores_it(tiny, capsys):
     for label, (calls, inclusive, exclusive, _) in rows.items():
         if label != "outside":
             assert float(inclusive) >= float(exclusive) >= 0, label
-    assert {name: mixing.__dict__[name] for name in before} == before
+    assert {name: product_merge.__dict__[name] for name in before} == before
     assert dense_merge.__dict__["keep_mask"] is mask
-    assert mixing.ProductMerge.__dict__["forward"] is forward
+    assert product_merge.ProductMerge.__dict__["forward"] is forward
 
 
 def test_account_model_counts_every_mask_and_attention_call(tiny, capsys):
@@ -414,14 +414,14 @@ def test_account_model_counts_every_mask_and_attention_call(tiny, capsys):
 
 def test_account_restores_the_functions_when_the_body_raises():
     from bench.account import accounting
-    from impl.attention import mixing
+    from impl.attention import positional_merge
 
-    project = mixing.project
+    project = positional_merge.project
     with pytest.raises(RuntimeError):
         with accounting():
-            assert mixing.project is not project
+            assert positional_merge.project is not project
             raise RuntimeError("boom")
-    assert mixing.project is project
+    assert positional_merge.project is project
 
 
 def test_account_rejects_unknown_layers_and_models(tiny):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from impl.attention import RelativeSelfAttention, mixing
+from impl.attention import RelativeSelfAttention, content
 from impl.models import AttentionClassifier, ResNet, build, depth_to_space, list_models, space_to_depth
 from impl.models import __main__ as cli
 from impl.models import pruning
@@ -128,7 +128,7 @@ def test_tiny_models_forward_any_size(name, size):
 def test_attention_model_traces_under_torch_compile_as_one_graph(name):
     """`python -m impl.train --compile`: dynamo and AOTAutograd trace the model with fake tensors, which
     oneDNN's ops reject, so while compiling the layers take the plain products (`gemm.onednn_gemm`), the
-    autograd merge (`mixing.positional_merge`), the compiler's random integers for the dropout masks
+    autograd merge (`positional_merge.positional_merge`), the compiler's random integers for the dropout masks
     (`impl.dropout.keep_mask`) and no positional cache: one graph (fullgraph), training mode included. The
     aot_eager backend needs no C++ compiler; the outputs, and the parameters' gradients, are compared in
     eval mode (no dropout mask; with grad enabled the layers take no positional cache either)."""
@@ -155,7 +155,7 @@ def test_attention_model_traces_under_torch_compile_as_one_graph(name):
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # the eager reference
 def test_flex_attention_inside_a_compiled_model_is_traced_with_it():
-    """On CUDA the content layers call FlexAttention (`mixing.flex_content`, itself a torch.compile
+    """On CUDA the content layers call FlexAttention (`content.flex_content`, itself a torch.compile
     wrapper); under `--compile` it is traced with the rest of the model. Checked on the CPU's FlexAttention
     (forward): one graph, equal to the eager function."""
     torch._dynamo.reset()
@@ -165,11 +165,11 @@ def test_flex_attention_inside_a_compiled_model_is_traced_with_it():
     tables = [torch.randn(3, 4, 4, generator=g), torch.randn(3, 4, 4, generator=g)]
 
     def attend(queries, keys, x):
-        return mixing.flex_content(queries, keys, x, tables, (4, 4), (4, 4))
+        return content.flex_content(queries, keys, x, tables, (4, 4), (4, 4))
 
     with torch.no_grad():
         got = torch.compile(attend, backend="aot_eager", fullgraph=True)(queries, keys, x)
-        want = mixing.flex_content(queries, keys, x, tables, (4, 4), (4, 4), compiled=False)
+        want = content.flex_content(queries, keys, x, tables, (4, 4), (4, 4), compiled=False)
     torch.testing.assert_close(got, want)
 
 

@@ -5,7 +5,11 @@ pad the tokens by index arithmetic, list the query and key coordinates, take del
 score every pair straight from the encoding's parameters with the paper's formulas, softmax, average
 the raw padded tokens, merge. It reads the layer's parameters and geometry fields only; it never
 calls the layer's padding, offsets, encodings' score functions (`axis_logits`, `dense_logits`) or
-mixing functions. Everything is computed in float64.
+merges. Everything is computed in float64.
+
+`mix_separable`, `mix_dense` and `merge_heads` apply given probabilities plainly (per-head averages of
+the raw tokens, one einsum per step, then the merge as a 1x1 map): the fused merges of
+`impl.attention` are checked against them on the same probabilities.
 
 `conv` is a convolution written as a sum over kernel taps of shifted input slices, on the queries and
 shifts of `spec.geometry`; torch's own convolution stays the ground truth for conversions, and
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import string
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -186,6 +191,50 @@ def attention(layer, x: torch.Tensor, differentiable: bool = False) -> Attention
         out = out + _param(layer.merge.bias)[None, :, None]
     out = out.reshape(*out.shape[:2], *p.query_shape)
     return Attention(tokens, p, scores if torch.is_tensor(scores) else None, probs, out)
+
+
+# -- the per-head averages of given probabilities, then the merge ------------------------------------------
+# The fused merges (`impl.attention.positional_merge`, `product_merge`, `dense_merge`) are checked against
+# these on the same probabilities: one einsum per step, in the input's dtype.
+
+
+def mix_separable(x: torch.Tensor, axis_probs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """x (B, C, *K), axis_probs[a] (H, q_a, k_a) -> (B, H, C, *Q), applying one axis at a time."""
+    n = len(axis_probs)
+    keys = string.ascii_lowercase[:n]          # k-grid letters
+    queries = string.ascii_uppercase[:n]       # q-grid letters
+    current = list(keys)
+    y = None
+    for axis, probs in enumerate(axis_probs):
+        new = current.copy()
+        new[axis] = queries[axis]
+        src = "".join(current)
+        dst = "".join(new)
+        if y is None:  # the first axis creates the head dimension
+            y = torch.einsum(f"h{queries[axis]}{keys[axis]},xy{src}->xhy{dst}", probs.to(x.dtype), x)
+        else:
+            y = torch.einsum(f"h{queries[axis]}{keys[axis]},xhy{src}->xhy{dst}", probs.to(x.dtype), y)
+        current = new
+    return y
+
+
+def mix_dense(x: torch.Tensor, probs: torch.Tensor, query_shape: Sequence[int]) -> torch.Tensor:
+    """x (B, C, *K), probs (H, Nq, Nk) or (B, H, Nq, Nk) -> (B, H, C, *Q)."""
+    tokens = x.flatten(2)  # (B, C, Nk)
+    if probs.dim() == 3:
+        y = torch.einsum("hqk,bck->bhcq", probs.to(x.dtype), tokens)
+    else:
+        y = torch.einsum("bhqk,bck->bhcq", probs.to(x.dtype), tokens)
+    return y.reshape(*y.shape[:3], *query_shape)
+
+
+def merge_heads(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y (B, H, C, *Q) -> (B, O, *Q): the merge as a 1x1 map over head-major channels."""
+    y = y.flatten(1, 2)
+    out = torch.einsum("oc,bc...->bo...", weight.to(y.dtype), y)
+    if bias is not None:
+        out = out + bias.to(out.dtype).reshape(-1, *[1] * (y.dim() - 2))
+    return out
 
 
 # -- a convolution written out tap by tap -----------------------------------------------------------------

@@ -10,6 +10,7 @@ unknown statement id.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from unittest import mock
@@ -20,7 +21,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import spec
-from impl.attention import mixing
+from impl.attention import positional_merge, product_merge
 from impl.attention.dense_merge import DenseMerge
 from impl.convert import conv_to_attention
 from verify import checks, reference, strategies, tolerances
@@ -176,8 +177,9 @@ def test_the_assertion_helper_fails_as_documented():
 @given(case=strategies.layer_cases(encoding=st.sampled_from(("quadratic", "learned", "generalized")),
                                    content=st.just(False), hard=st.just(False)), seed=strategies.seeds())
 def test_a_backward_off_by_a_thousandth_is_caught(case: LayerCase, seed: int):
-    """The layer's hand-written backwards (`mixing.PositionalMerge`, `dense_merge.DenseMerge`), their
-    gradients scaled by 1.001: the gradient check must notice."""
+    """The layer's hand-written backwards (`positional_merge.PositionalMerge`, `product_merge.ProductMerge`
+    (quadratic heads that share their matrices), `dense_merge.DenseMerge`), their gradients scaled by
+    1.001: the gradient check must notice."""
     layer, x = case.build()
     layer.train()
     upstream = torch.randn(layer(x).shape, generator=torch.Generator().manual_seed(seed),
@@ -185,22 +187,24 @@ def test_a_backward_off_by_a_thousandth_is_caught(case: LayerCase, seed: int):
     def skewed(original):
         return staticmethod(lambda ctx, grad: tuple(None if g is None else g * 1.001 for g in original(ctx, grad)))
 
-    with mock.patch.object(mixing.PositionalMerge, "backward", skewed(mixing.PositionalMerge.backward)), \
-            mock.patch.object(DenseMerge, "backward", skewed(DenseMerge.backward)):
+    merges = (positional_merge.PositionalMerge, product_merge.ProductMerge, DenseMerge)
+    with contextlib.ExitStack() as patches:
+        for merge in merges:
+            patches.enter_context(mock.patch.object(merge, "backward", skewed(merge.backward)))
         _rejects(checks.fast_path_gradients, "fast-paths", layer, x, upstream, case.describe(), "")
 
 
 @SMALL
 @given(case=strategies.converted_cases(), seed=strategies.seeds())
 def test_a_fixed_encoding_backward_off_by_a_thousandth_is_caught(case, seed: int):
-    """`ProductMerge`'s backward for a frozen encoding (`mixing._fixed_probs_backward`), x's and the merge's
+    """`ProductMerge`'s backward for a frozen encoding (`product_merge._fixed_probs_backward`), x's and the merge's
     gradients scaled by 1.001: the gradient check must notice."""
     layer, x = case.build()
     layer.train()
     layer.encoding.requires_grad_(False)
     upstream = torch.randn(layer(x).shape, generator=torch.Generator().manual_seed(seed),
                            dtype=torch.float64).to(x.dtype)
-    original = mixing._fixed_probs_backward
+    original = product_merge._fixed_probs_backward
     calls = []
 
     def skewed(*args):
@@ -210,7 +214,7 @@ def test_a_fixed_encoding_backward_off_by_a_thousandth_is_caught(case, seed: int
             if grad is not None:
                 grad.mul_(1.001)
 
-    with mock.patch.object(mixing, "_fixed_probs_backward", skewed):
+    with mock.patch.object(product_merge, "_fixed_probs_backward", skewed):
         (layer(x.detach().requires_grad_(True)) * upstream).sum().backward()
         assume(calls)  # the layer took ProductMerge (not, e.g., a hard or a one-head layer)
         _rejects(checks.fast_path_gradients, "fast-paths", layer, x, upstream, case.describe(), "")

@@ -24,10 +24,11 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from impl.attention import layer as layer_module
-from impl.attention import mixing
+from impl.attention import positional_merge
 from verify import checks, strategies
 from verify.cases import LayerCase
 from verify.profiles import examples
+from verify.test_fast_paths_perf import one_image_chunks
 
 PATHS = {
     # name: (layer_cases arguments, the kinds `positional` may return)
@@ -88,11 +89,11 @@ def test_gradients_equal_reference(case: LayerCase, seed: int):
 
 
 ALTERNATIVES = {
-    # the fused CPU merge split into chunks of one image (forward and hand-written backward)
-    "one-image-chunks": lambda: mock.patch.multiple(mixing, CHUNK_BYTES=1, PRODUCT_CHUNK_BYTES=1),
+    # the fused CPU merges split into chunks of one image (forward and hand-written backward)
+    "one-image-chunks": one_image_chunks,
     # the merge left to autograd, which CUDA and autocast use: checked here on CPU
     "autograd-merge": lambda: mock.patch.object(layer_module, "positional_merge",
-                                                functools.partial(mixing.positional_merge, fused=False)),
+                                                functools.partial(positional_merge.positional_merge, fused=False)),
 }
 
 

@@ -1,4 +1,4 @@
-"""fast-paths (performance): each fast path of `impl.attention.mixing` equals the layer's own dense path.
+"""fast-paths (performance): each fast path of `impl.attention` equals the layer's own dense path.
 
 The dense path is the plain formula: the dense positional probabilities (`attention_probabilities`,
 (H, Nq, Nk)), every head's average of the padded tokens, then the merge, as two einsums. Each fast path
@@ -30,7 +30,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from impl.attention import dense_merge, gemm, mixing
+from impl.attention import content, dense_merge, gemm, positional_merge, product_merge, shifts
 from impl.attention.dense_merge import attention_keep_mask
 from impl.dropout import keep_probability
 from verify import reference, strategies, tolerances
@@ -54,7 +54,8 @@ def path_dtype_of(name: str) -> tuple[torch.dtype, contextlib.AbstractContextMan
 @contextlib.contextmanager
 def one_image_chunks():
     """Every fused path one image per chunk: their chunk loops are exercised."""
-    with mock.patch.object(mixing, "CHUNK_BYTES", 1), mock.patch.object(mixing, "PRODUCT_CHUNK_BYTES", 1), \
+    with mock.patch.object(positional_merge, "CHUNK_BYTES", 1), \
+            mock.patch.object(product_merge, "PRODUCT_CHUNK_BYTES", 1), \
             mock.patch.object(dense_merge, "CHUNK_BYTES", 1):
         yield
 
@@ -74,10 +75,11 @@ def dense_path(layer, x: torch.Tensor) -> torch.Tensor:
 def _separable_or_dense(layer, x: torch.Tensor, fused: bool) -> torch.Tensor:
     kind, value = layer.positional(tuple(x.shape[2:]), x.dtype, x.device)
     xp = layer.geometry.pad(x)
+    merge = layer.merge
     if kind == "separable":
-        return mixing.positional_merge(xp, layer.merge.weight, layer.merge.bias, value[0], value[1:], fused=fused)
+        return positional_merge.positional_merge(xp, merge.weight, merge.bias, value[0], value[1:], fused=fused)
     assert kind == "dense", kind
-    out = mixing.positional_merge(xp.flatten(2), layer.merge.weight, layer.merge.bias, value, fused=fused)
+    out = positional_merge.positional_merge(xp.flatten(2), merge.weight, merge.bias, value, fused=fused)
     return out.reshape(*out.shape[:2], *layer.geometry.output_shape(x.shape[2:]))
 
 
@@ -87,19 +89,19 @@ def _shifts(layer, x: torch.Tensor, as_conv: bool) -> torch.Tensor:
     xp = layer.geometry.pad(x)
     if as_conv:
         positions = [a.query_positions(n) for a, n in zip(layer.geometry.axes, x.shape[2:])]
-        shifts = mixing.pure_shifts(indices, positions)
-        if shifts is not None:
+        offsets = shifts.pure_shifts(indices, positions)
+        if offsets is not None:
             geometry = layer.geometry
-            args = (shifts, [a.margin_before for a in geometry.axes], [a.stride for a in geometry.axes],
+            args = (offsets, [a.margin_before for a in geometry.axes], [a.stride for a in geometry.axes],
                     geometry.output_shape(x.shape[2:]), layer.merge.weight, layer.merge.bias)
             if geometry.padding_mode == "zeros":  # the layer's way: the convolution pads
-                out = mixing.shifts_as_conv(x, *args, max_taps=10**6,
+                out = shifts.shifts_as_conv(x, *args, max_taps=10**6,
                                             zero_pads=[(a.pad_before, a.pad_after) for a in geometry.axes])
             else:
-                out = mixing.shifts_as_conv(xp, *args, max_taps=10**6)
+                out = shifts.shifts_as_conv(xp, *args, max_taps=10**6)
             assert out is not None
             return out
-    return mixing.shifts_merge(xp, indices, layer.merge.weight, layer.merge.bias)
+    return shifts.shifts_merge(xp, indices, layer.merge.weight, layer.merge.bias)
 
 
 def _run(fn, layer, x, upstream) -> dict:
@@ -187,9 +189,9 @@ def test_relative_score_equals_dense_logits(case: LayerCase):
         k = torch.arange(n_k)[None, None, :]
         flat = len(tables) == 1 and len(query_shape) > 1   # a non-separable encoding: one dense table
         qs, ks = ((n_q,), (n_k,)) if flat else (query_shape, key_shape)
-        score = mixing.relative_score(h, q, k, tables, qs, ks)
+        score = content.relative_score(h, q, k, tables, qs, ks)
         # both sum the same per-axis logits, in some order: gamma_n of the sum of their magnitudes
-        magnitude = mixing.relative_score(h, q, k, [t.abs() for t in tables], qs, ks)
+        magnitude = content.relative_score(h, q, k, [t.abs() for t in tables], qs, ks)
     bound = 2 * tolerances.gamma(layer.spatial_dims, x.dtype) * magnitude
     assert_all_within(STATEMENT, [("max|relative_score - dense logits|", (score - dense).abs(), bound)],
                       f"relative_score: {case.describe()}",
@@ -213,13 +215,13 @@ def test_flex_attention_equals_sdpa(case: LayerCase):
         q, k = layer._queries_keys(xp, spatial)
         key_shape = tuple(xp.shape[2:])
         bias = layer.positional(spatial, x.dtype, x.device)
-        sdpa = mixing.content_attention(q, k, xp, None if bias is None else bias[1], 0.0)
+        sdpa = content.content_attention(q, k, xp, None if bias is None else bias[1], 0.0)
         tables = None if layer.encoding is None else layer._score_tables(spatial, x.dtype, x.device)
         if tables is not None and len(tables) == 1 and len(query_shape) > 1:
-            flex = mixing.flex_content(q, k, xp, tables, (sdpa.shape[2],), (xp.flatten(2).shape[2],),
+            flex = content.flex_content(q, k, xp, tables, (sdpa.shape[2],), (xp.flatten(2).shape[2],),
                                        compiled=False)
         else:
-            flex = mixing.flex_content(q, k, xp, tables, query_shape, key_shape, compiled=False)
+            flex = content.flex_content(q, k, xp, tables, query_shape, key_shape, compiled=False)
     ref = reference.attention(layer, x)
     # each side is one computation of every head's average: the layer's rounding bound with a merge of
     # all ones (summing every head and channel), divided by the channels, bounds one average
@@ -243,17 +245,17 @@ def _ones_merge(layer):
 
 def test_padded_bias_keeps_values_and_aligns_rows():
     bias = torch.randn(3, 5, 13)
-    padded = mixing.padded_bias(bias)
+    padded = content.padded_bias(bias)
     assert torch.equal(padded, bias)
     assert padded.stride(-2) % 8 == 0
     aligned = torch.randn(2, 3, 16)
-    assert mixing.padded_bias(aligned) is aligned
+    assert content.padded_bias(aligned) is aligned
 
 
 def _plain_per_image(x, weight, bias, probs):
     """mix_dense + merge_heads: the per-image (dropout) path's plain formula."""
-    y = mixing.mix_dense(x, probs, (probs.shape[-2],))
-    return mixing.merge_heads(y, weight, bias)
+    y = reference.mix_dense(x, probs, (probs.shape[-2],))
+    return reference.merge_heads(y, weight, bias)
 
 
 @pytest.mark.statement(STATEMENT)
@@ -268,7 +270,7 @@ def test_per_image_probabilities_equal_plain_path(dtype, fused, batch, heads, ch
     not summing to 1). Output and gradients wrt x, W, b and the probabilities equal mix_dense + merge_heads
     in float64 on the same inputs within twice gamma_n (of the path's dtype) of the sums of |terms| (those
     sums: the same computation on absolute values). In float32 on CPU the per-image products go through
-    oneDNN (`mixing._per_image_apply`) or BLAS, in float64 through batched matmuls."""
+    oneDNN (`axis_passes._per_image_apply`) or BLAS, in float64 through batched matmuls."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, channels, tokens, generator=g, dtype=torch.float64)
     probs = torch.rand(batch, heads, queries, tokens, generator=g, dtype=torch.float64)
@@ -288,7 +290,7 @@ def test_per_image_probabilities_equal_plain_path(dtype, fused, batch, heads, ch
     x, weight, probs, upstream = (t.to(path_dtype).double() for t in (x, weight, probs, upstream))
     b = None if b is None else b.to(path_dtype).double()
     with one_image_chunks(), gemm_backend:
-        fast = run(lambda *a: mixing.positional_merge(*a, fused=fused),
+        fast = run(lambda *a: positional_merge.positional_merge(*a, fused=fused),
                    *(None if t is None else t.to(path_dtype) for t in (x, weight, b, probs, upstream)))
     plain = run(_plain_per_image, x, weight, b, probs, upstream)
     absolute = run(_plain_per_image, x.abs(), weight.abs(), None if b is None else b.abs(), probs, upstream.abs())
@@ -342,7 +344,7 @@ def test_attention_dropout_equals_plain_path_on_the_same_mask(device, dtype, fus
 
     def fast(x, weight, probs):
         torch.manual_seed(seed)  # the same mask as `keep`
-        return mixing.positional_merge(x, weight, None, probs, fused=fused, dropout=p)
+        return positional_merge.positional_merge(x, weight, None, probs, fused=fused, dropout=p)
 
     with one_image_chunks(), gemm_backend:
         got = run(fast, *(t.to(device, path_dtype) for t in (x, weight, probs, upstream)))
@@ -362,9 +364,9 @@ def test_attention_dropout_equals_plain_path_on_the_same_mask(device, dtype, fus
 def test_attention_dropout_needs_shared_dense_probabilities():
     x, weight = torch.randn(2, 3, 4), torch.randn(5, 6)
     with pytest.raises(ValueError, match="dropout must be a float in \\[0, 1\\)"):
-        mixing.positional_merge(x, weight, None, torch.rand(2, 4, 4), dropout=1.0)
+        positional_merge.positional_merge(x, weight, None, torch.rand(2, 4, 4), dropout=1.0)
     with pytest.raises(ValueError, match="shared dense probabilities"):
-        mixing.positional_merge(x, weight, None, torch.rand(2, 2, 4, 4), dropout=0.1)
+        positional_merge.positional_merge(x, weight, None, torch.rand(2, 2, 4, 4), dropout=0.1)
 
 
 @pytest.mark.statement(STATEMENT)
@@ -373,7 +375,7 @@ def test_attention_dropout_needs_shared_dense_probabilities():
 def test_product_merge_equals_dense_path(case: ConvertedCase):
     layer, x = case.build()
     kind, value = layer.positional(tuple(x.shape[2:]), x.dtype, x.device)
-    assert kind == "separable" and mixing.product_groups(value[0], value[1:]) is not None, \
+    assert kind == "separable" and product_merge.product_groups(value[0], value[1:]) is not None, \
         "a converted convolution's heads must share their per-axis matrices"
     with one_image_chunks():
         _compare(case, lambda layer, x: layer(x), "ProductMerge")
@@ -419,7 +421,7 @@ def test_shared_matrices_equal_plain_path(dtype, fixed, batch, row_groups, col_g
     upstream = torch.randn(batch, out_dim, q0, q1, generator=g, dtype=torch.float64)
 
     def plain(x, weight, b, query_probs, key_probs):
-        return mixing.merge_heads(mixing.mix_separable(x, [query_probs, key_probs]), weight, b)
+        return reference.merge_heads(reference.mix_separable(x, [query_probs, key_probs]), weight, b)
 
     def run(fn, x, weight, b, query_probs, key_probs, upstream):
         leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight)]
@@ -434,9 +436,9 @@ def test_shared_matrices_equal_plain_path(dtype, fixed, batch, row_groups, col_g
     x, weight, query_probs, key_probs, upstream = (t.to(path_dtype).double()
                                                    for t in (x, weight, query_probs, key_probs, upstream))
     b = None if b is None else b.to(path_dtype).double()
-    assert mixing.product_groups(query_probs, [key_probs]) is not None
+    assert product_merge.product_groups(query_probs, [key_probs]) is not None
     with one_image_chunks(), gemm_backend:
-        fast = run(lambda x, w, b, qp, kp: mixing.positional_merge(x, w, b, qp, [kp], fused=True),
+        fast = run(lambda x, w, b, qp, kp: positional_merge.positional_merge(x, w, b, qp, [kp], fused=True),
                    *(None if t is None else t.to(path_dtype) for t in (x, weight, b, query_probs, key_probs,
                                                                        upstream)))
     exact = run(plain, x, weight, b, query_probs, key_probs, upstream)
@@ -457,7 +459,7 @@ def test_product_groups_finds_the_shared_matrices():
     heads = [(r, k) for k in range(3) for r in range(2)]  # any order of the pairs
     query_probs = torch.stack([rows[r] for r, _ in heads])
     key_probs = torch.stack([cols[k] for _, k in heads])
-    table = mixing.product_groups(query_probs, [key_probs])
+    table = product_merge.product_groups(query_probs, [key_probs])
     assert table is not None and table.shape == (2, 3)
     assert sorted(table.flatten().tolist()) == list(range(6))  # every head once
     for r in range(2):  # a row of the table: one query-axis matrix; a column: one key-axis matrix
@@ -468,11 +470,12 @@ def test_product_groups_finds_the_shared_matrices():
     # heads listed row group by row group (a converted convolution's taps): the table in that order, so
     # each row group's merge blocks are a slice of the weight
     ordered = [(r, k) for r in range(2) for k in range(3)]
-    table = mixing.product_groups(torch.stack([rows[r] for r, _ in ordered]), [torch.stack([cols[k] for _, k in ordered])])
+    table = product_merge.product_groups(torch.stack([rows[r] for r, _ in ordered]),
+                                         [torch.stack([cols[k] for _, k in ordered])])
     assert torch.equal(table.flatten(), torch.arange(6))
     # a pair missing (two heads on the same pair): no product
     repeated = heads[:-1] + [heads[0]]
-    assert mixing.product_groups(torch.stack([rows[r] for r, _ in repeated]),
+    assert product_merge.product_groups(torch.stack([rows[r] for r, _ in repeated]),
                                  [torch.stack([cols[k] for _, k in repeated])]) is None
     # all distinct: no sharing
-    assert mixing.product_groups(torch.rand(6, 4, 5), [torch.rand(6, 6, 7)]) is None
+    assert product_merge.product_groups(torch.rand(6, 4, 5), [torch.rand(6, 6, 7)]) is None

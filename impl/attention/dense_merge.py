@@ -30,7 +30,7 @@ the machine), elsewhere (CUDA, and while torch.compile traces) as batched matmul
 dropped-out matrices (chunk, K * H, Q) are then held (the whole batch off the CPU). These are the same
 sums; verify/ checks each against the plain formula.
 
-Measured against the per-head path this replaces (`mixing.PositionalMerge`: a projection and a
+Measured against the per-head path this replaces (`positional_merge.PositionalMerge`: a projection and a
 256 x 256 by 256 x 400 product per head and image, recomputed for the weight gradient), docs/RESULTS.md.
 """
 
@@ -52,7 +52,7 @@ CHUNK_BYTES = 96 << 20
 
 def attention_keep_mask(batch: int, probs_shape, p: float, device: torch.device | str = "cpu",
                         generator: torch.Generator | None = None) -> torch.Tensor:
-    """The attention-dropout mask of `mixing.positional_merge`: keep[b, h, q, k] (B, H, Q, K) bool, each
+    """The attention-dropout mask of `positional_merge.positional_merge`: keep[b, h, q, k] (B, H, Q, K) bool, each
     element kept with probability `keep_probability(p)`, independently; stored (B, K, H, Q), the layout
     `DenseMerge` reads (a permuted view)."""
     heads, queries, keys = probs_shape

@@ -4,10 +4,10 @@ Every head averages the raw input tokens under its attention map (no per-head va
 paper's model), and one linear map merges the heads: out = W_out [avg_1; ...; avg_H] + b. The attention
 scores come from a relative positional encoding (quadratic, generalized or learned) and, optionally, from
 the tokens' content. Positional attention does not depend on the image, so it is computed once per forward
-without a batch dimension (and cached in eval mode under no_grad), then applied by the cheapest path
-(`impl.attention.mixing`): a convolution or a gather for hard-limit heads, one small softmax per axis for
-separable heads, a dense matrix otherwise, each fused with the merge so that no
-(batch, heads x channels, tokens) tensor is ever held; SDPA or FlexAttention for content scores.
+without a batch dimension (and cached in eval mode under no_grad), then applied by the cheapest path: a
+convolution or a gather for hard-limit heads (`shifts`), one small softmax per axis for separable heads and
+a dense matrix otherwise (`positional_merge`), each fused with the merge so that no
+(batch, heads x channels, tokens) tensor is ever held; SDPA or FlexAttention for content scores (`content`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from .encodings import (ENCODINGS, LearnedEncoding, QuadraticEncoding, RelativeE
                         build_encoding, drop_negligible)
 from .geometry import Geometry
 from .gemm import project
-from .mixing import (content_attention, flex_content, positional_merge, pure_shifts, shifts_as_conv,
-                     shifts_merge, use_flex)
+from .content import content_attention, flex_content, use_flex
+from .positional_merge import positional_merge
+from .shifts import pure_shifts, shifts_as_conv, shifts_merge
 
 
 def _positive_int(name: str, value) -> int:
@@ -172,7 +173,7 @@ class RelativeSelfAttention(nn.Module):
         return tables
 
     def positional(self, spatial_shape: Sequence[int], dtype: torch.dtype, device):
-        """What the mixing needs, computed once for the whole batch.
+        """What the merges need, computed once for the whole batch.
 
         Returns ("shifts", [index per axis]), ("separable", [probs per axis]), ("dense", probs) or
         ("bias", logits) for content layers; None for a content-only layer.
@@ -180,7 +181,7 @@ class RelativeSelfAttention(nn.Module):
         return self._positional_entry(spatial_shape, dtype, device)[0]
 
     def _positional_entry(self, spatial_shape, dtype, device) -> tuple[object, dict]:
-        """(`positional`'s value, a dict the mixing fills with what it derives from it). Both are cached
+        """(`positional`'s value, a dict the merges fill with what they derive from it). Both are cached
         together in eval mode under no_grad (not while torch.compile traces: comparing the parameters with
         the cached ones is data-dependent); setting `_cache = None` drops them."""
         if self.encoding is None:
