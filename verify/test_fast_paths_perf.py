@@ -219,7 +219,7 @@ def test_flex_attention_equals_sdpa(case: LayerCase):
         tables = None if layer.encoding is None else layer._score_tables(spatial, x.dtype, x.device)
         if tables is not None and len(tables) == 1 and len(query_shape) > 1:
             flex = content.flex_content(q, k, xp, tables, (sdpa.shape[2],), (xp.flatten(2).shape[2],),
-                                       compiled=False)
+                                        compiled=False)
         else:
             flex = content.flex_content(q, k, xp, tables, query_shape, key_shape, compiled=False)
     ref = reference.attention(layer, x)
@@ -476,6 +476,6 @@ def test_product_groups_finds_the_shared_matrices():
     # a pair missing (two heads on the same pair): no product
     repeated = heads[:-1] + [heads[0]]
     assert product_merge.product_groups(torch.stack([rows[r] for r, _ in repeated]),
-                                 [torch.stack([cols[k] for _, k in repeated])]) is None
+                                        [torch.stack([cols[k] for _, k in repeated])]) is None
     # all distinct: no sharing
     assert product_merge.product_groups(torch.rand(6, 4, 5), [torch.rand(6, 6, 7)]) is None
