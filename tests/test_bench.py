@@ -497,3 +497,20 @@ def test_asv_environments_can_import_every_benchmark_module():
     done = subprocess.run([sys.executable, "-c", _DISCOVERY_WITHOUT, json.dumps(sorted(allowed))], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_profile_layer_by_shape_gives_the_products_rates(tiny, capsys):
+    from bench import profile_layer
+
+    assert profile_layer.product_flops("aten::mm", [[2, 3], [3, 5]]) == 2 * 2 * 3 * 5
+    baddbmm_inputs = [[4, 2, 5], [4, 2, 3], [4, 3, 5], [], []]  # self, then the factors (4 x) 2 x 3 by 3 x 5
+    assert profile_layer.product_flops("aten::baddbmm_", baddbmm_inputs) == 2 * 4 * 2 * 3 * 5
+    assert profile_layer.product_flops("aten::copy_", [[2, 3], [2, 3], []]) is None
+    assert profile_layer.main(["--size", "4", "--steps", "1", "--top", "40", "--by-shape"]) == 0
+    out = capsys.readouterr().out
+    assert "| separable-quadratic: op [input shapes] | ms | / conv | calls | GFLOP/s |" in out
+    products = [line.strip("|").split("|") for line in out.splitlines()
+                if line.startswith(("| aten::mm [", "| aten::bmm [", "| aten::baddbmm_ [", "| aten::addmm_ ["))]
+    assert products and all(float(cells[-1]) > 0 for cells in products)
+    copies = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| aten::copy_ [")]
+    assert all(cells[-1].strip() == "" for cells in copies)  # no rate for what is not a product
