@@ -29,7 +29,7 @@ from . import common
 # (owner, attribute): what is timed. The autograd functions' forward and backward are looked up on the
 # class at every call, so wrapping the class attributes times them; each helper is wrapped in every module
 # that calls it by its own name (the same label, summed).
-HELPERS = ("project", "project_backward", "transposed_matmul", "transposed_matmul_backward", "axis_apply",
+HELPERS = ("project", "project_add", "project_backward", "transposed_matmul", "transposed_matmul_backward", "axis_apply",
            "axis_contract", "_per_image_apply", "channels_last", "fill_bias", "keep_mask")
 WRAPPED = (
     (positional_merge.PositionalMerge, "forward"), (positional_merge.PositionalMerge, "backward"),

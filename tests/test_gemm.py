@@ -63,6 +63,18 @@ def test_project_into_a_buffer(lead, c, o, with_bias, backend):
 
 
 @pytest.mark.parametrize("lead,c,o", [((2, 7, 5), 12, 9), ((1, 1), 3, 1), ((3, 16), 40, 24)])
+def test_project_add_accumulates_into_the_output(lead, c, o, backend):
+    """`project_add` adds u @ w.T to what the output holds, in place, and returns the output itself."""
+    u, w, start = _randn(*lead, c, seed=20), _randn(o, c, seed=21), _randn(*lead, o, seed=22)
+    out = start.clone()
+    got = gemm.project_add(u, w, out)
+    want = start.double() + u.double() @ w.double().t()
+    absolute = start.double().abs() + u.double().abs() @ w.double().abs().t()
+    assert got is out
+    _check(got, want, absolute, c + 1)
+
+
+@pytest.mark.parametrize("lead,c,o", [((2, 7, 5), 12, 9), ((1, 1), 3, 1), ((3, 16), 40, 24)])
 def test_project_backward_into_buffers(lead, c, o, backend):
     """With `into_input` (a buffer of u's shape, holding anything) and `add_weight_to` (a running sum, as
     over a loop's chunks), u's gradient is the same, written into the buffer under BLAS, and w's gradient

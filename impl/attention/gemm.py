@@ -14,6 +14,7 @@ precision) they are the plain torch ops. Both compute the same sums; tests/test_
 function under both.
 
 - `project`: tokens (.., C) by a weight (O, C): u @ w.T, channels-last (an NHWC 1x1 convolution).
+- `project_add`: out += u @ w.T, into the output itself where the library can (BLAS).
 - `project_backward`: the gradients of that product wrt the weight, the sum over rows of g^T y, and wrt
   the tokens, g @ w (oneDNN's weight and data gradients).
 - `transposed_matmul`: a^T b for a (rows, M) and b (rows, S), the sum over rows (oneDNN's weight gradient),
@@ -167,6 +168,16 @@ def project(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, 
         torch.mm(rows, w.t(), out=out2)
     else:
         torch.addmm(bias, rows, w.t(), out=out2)
+    return out
+
+
+def project_add(u: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out += u @ w.T for u (..., Cin) contiguous, w (Cout, Cin) and out (..., Cout) contiguous; returns out
+    (not differentiable). BLAS adds the product in the GEMM itself (beta = 1: no product tensor, no pass of
+    its own); oneDNN returns a product of its own, added after."""
+    if onednn_gemm(u) and u.dim() >= 2:
+        return out.add_(project(u, w))
+    out.view(-1, w.shape[0]).addmm_(u.reshape(-1, u.shape[-1]), w.t())
     return out
 
 

@@ -8,7 +8,8 @@ out = W [avg_1; ...; avg_H] + b. `positional_merge` computes it without ever hol
   attention their Kronecker product), head by head: `PositionalMerge`. The key-side axes are mixed first
   (`axis_passes`: small batched matmuls on channels-last tokens), the head's block of the merge projects
   the channels (the large GEMM; oneDNN or BLAS on CPU float32, `gemm`), and the query-side axis is mixed
-  last, accumulating into the output. It runs in chunks of images with a hand-written backward that
+  last, accumulating into the output (or, where the GEMM adds into the output itself, before the
+  projection). It runs in chunks of images with a hand-written backward that
   recomputes the per-head tensors instead of keeping them (keeping them was slower: docs/RESULTS.md);
 - heads that share their per-axis matrices (a converted convolution): `product_merge.ProductMerge`, which
   applies each distinct matrix once;
@@ -32,7 +33,7 @@ import torch
 from ..dropout import keep_probability
 from .axis_passes import axis_apply, axis_contract, channels_last, chunk_images, fill_bias
 from .dense_merge import DenseMerge, attention_keep_mask
-from .gemm import project, project_backward
+from .gemm import onednn_gemm, project, project_add, project_backward
 from .product_merge import ProductMerge, product_groups
 
 
@@ -93,6 +94,12 @@ class PositionalMerge(torch.autograd.Function):
         out_cl_all = x.new_empty(batch, q0, *q_rest, out_dim)
         image_elements = max(k0, q0) * max(math.prod(q_rest), math.prod(x.shape[3:])) * max(channels, out_dim)
         chunk = chunk_images(batch, image_elements, x.element_size(), x.device, CHUNK_BYTES)
+        # Where the GEMM can add its product into the output (BLAS), the query axis is mixed before the
+        # projection, on the key side's output, which is still in cache, rather than after it, on the GEMM's
+        # output, which the GEMM has just pushed out of cache: the forward at 32x32 10% faster
+        # (docs/RESULTS.md). oneDNN returns a product of its own, so there the query-axis pass adds into
+        # the output; so it does where C > O, since the pass then runs on the narrower tensor.
+        query_first = not onednn_gemm(x) and channels <= out_dim
         for start in range(0, batch, chunk):
             stop = min(batch, start + chunk)
             x_cl = x_cl_all[start:stop]                                          # (b, K0, .., C)
@@ -100,8 +107,13 @@ class PositionalMerge(torch.autograd.Function):
             u = v = None  # one buffer each for every head of the chunk: memory just written is faster to write
             for h in range(heads):
                 u = _key_side(x_cl, key_probs, h, into=u)                        # (b, K0, Q1.., C)
-                v = project(u, w_heads[h], out=v)                                # (b, K0, Q1.., O)
-                axis_apply(query_side.matrix(start, stop, h), v, 0, out=out_cl)
+                p0 = query_side.matrix(start, stop, h)
+                if query_first:
+                    v = axis_apply(p0, u, 0, into=v)                             # (b, Q0, Q1.., C)
+                    project_add(v, w_heads[h], out_cl)
+                else:
+                    v = project(u, w_heads[h], out=v)                            # (b, K0, Q1.., O)
+                    axis_apply(p0, v, 0, out=out_cl)
         ctx.save_for_backward(x_cl_all, weight, query_probs, *key_probs)
         ctx.has_bias = bias is not None
         ctx.chunk = chunk
