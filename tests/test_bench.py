@@ -514,3 +514,33 @@ def test_profile_layer_by_shape_gives_the_products_rates(tiny, capsys):
     assert products and all(float(cells[-1]) > 0 for cells in products)
     copies = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| aten::copy_ [")]
     assert all(cells[-1].strip() == "" for cells in copies)  # no rate for what is not a product
+
+
+def test_every_committed_result_carries_its_machines_committed_description():
+    """asv draws results whose machine descriptions differ as separate lines: each machine's results under
+    bench/results/ must carry its machine.json (recorded after `python -m bench.register_machine NAME`)."""
+    from bench.register_machine import committed_description
+
+    machines = [p.parent.name for p in (ROOT / "bench" / "results").glob("*/machine.json")]
+    assert {"cpu-2core", "cpu-2core-xeon", "cpu-2core-epyc-avx2"} <= set(machines)
+    for name in machines:
+        description = committed_description(name)
+        for result in (ROOT / "bench" / "results" / name).glob("*-*.json"):
+            params = {k: v for k, v in json.loads(result.read_text())["params"].items() if k != "python"}
+            assert params == description, f"{result.relative_to(ROOT)}: {params} is not {description}"
+
+
+def test_register_machine_writes_the_committed_description(tmp_path, capsys):
+    from bench import register_machine
+
+    machine_file = tmp_path / "asv-machine.json"
+    machine_file.write_text(json.dumps({"other": {"machine": "other", "cpu": "x"}, "version": 1}))
+    described = register_machine.register("cpu-2core-xeon", machine_file=machine_file)
+    held = json.loads(machine_file.read_text())
+    assert held["cpu-2core-xeon"] == described == register_machine.committed_description("cpu-2core-xeon")
+    assert "Xeon" in described["cpu"] and held["other"] == {"machine": "other", "cpu": "x"}
+    with pytest.raises(ValueError, match="not recorded.*cpu-2core-xeon"):
+        register_machine.register("no-such-machine", machine_file=machine_file)
+    with pytest.raises(SystemExit):
+        register_machine.main(["no-such-machine"])
+    assert "no-such-machine" in capsys.readouterr().err
