@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MACHINE_FILE = Path("~/.asv-machine.json").expanduser()  # where asv looks (asv.machine.MachineCollection)
+MACHINE_FILE_VERSION = 1                                   # its format's version (asv's api_version)
 
 
 def committed_description(name: str, results: Path = RESULTS) -> dict:
@@ -31,13 +33,14 @@ def committed_description(name: str, results: Path = RESULTS) -> dict:
     return description
 
 
-def register(name: str, results: Path = RESULTS, machine_file: Path | None = None) -> dict:
-    """Write NAME's committed description into asv's machine file (~/.asv-machine.json); returns it."""
-    # imported here: asv's discovery imports every module of bench/, in environments without asv
-    from asv.machine import MachineCollection
-
+def register(name: str, results: Path = RESULTS, machine_file: Path = MACHINE_FILE) -> dict:
+    """Write NAME's committed description into asv's machine file, beside the machines it holds; returns
+    it. (The file is written here, not through asv, which the GPU image lacks until its wheel is carried.)"""
     description = committed_description(name, results)
-    MachineCollection.save(name, description, _path=None if machine_file is None else str(machine_file))
+    held = json.loads(machine_file.read_text()) if machine_file.is_file() else {}
+    held[name] = description
+    held["version"] = MACHINE_FILE_VERSION
+    machine_file.write_text(json.dumps(held, indent=4, sort_keys=True))
     return description
 
 
