@@ -4,7 +4,7 @@
 asv stamps every result with the description it holds for the machine in ~/.asv-machine.json, and
 `asv publish` draws results whose descriptions differ as separate lines. A fresh home directory knows
 none of the machines recorded here, and `asv machine --yes` describes a machine anew ("AMD EPYC", the
-kernel's version), so a run of an old machine would start a history of its own. This copies
+kernel's version; over what the file held), so a run of an old machine would start a history of its own. This copies
 bench/results/NAME/machine.json (edited by hand: the CPU's kind, AVX-512 or not, its L2) into asv's
 machine file. A machine not recorded yet: `asv machine --yes --machine NAME`, then edit its machine.json.
 """
