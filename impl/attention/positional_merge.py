@@ -96,7 +96,7 @@ class PositionalMerge(torch.autograd.Function):
         chunk = chunk_images(batch, image_elements, x.element_size(), x.device, CHUNK_BYTES)
         # Where the GEMM can add its product into the output (BLAS), the query axis is mixed before the
         # projection, on the key side's output, which is still in cache, rather than after it, on the GEMM's
-        # output, which the GEMM has just pushed out of cache: the forward at 32x32 10% faster
+        # output, which the GEMM has just pushed out of cache: the forward at 32x32 5-10% faster
         # (docs/RESULTS.md). oneDNN returns a product of its own, so there the query-axis pass adds into
         # the output; so it does where C > O, since the pass then runs on the narrower tensor.
         query_first = not onednn_gemm(x) and channels <= out_dim
