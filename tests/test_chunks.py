@@ -1,4 +1,4 @@
-"""How the fused CPU merges split a batch into chunks of images (`impl.attention._chunk`)."""
+"""How the fused CPU merges split a batch into chunks of images (`impl.attention.axis_passes.chunk_images`)."""
 
 import pytest
 import torch
