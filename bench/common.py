@@ -227,6 +227,16 @@ def forward_backward(module: nn.Module, x: torch.Tensor) -> None:
     module(x).sum().backward()
 
 
+def layer_pass(module: nn.Module, x: torch.Tensor, forward_only: bool = False) -> None:
+    """The pass the layer benchmarks time: `forward_backward`, or with forward_only the forward alone under
+    no_grad (put the module in eval mode first, where the positional probabilities are cached)."""
+    if forward_only:
+        with torch.no_grad():
+            module(x)
+    else:
+        forward_backward(module, x)
+
+
 # -- models ------------------------------------------------------------------------------------------
 # (run, registered model, epochs): the paper's training runs (../shared/paper.md). The pruned run trains the
 # generalized model after pruning its degenerate heads, so its time here (the unpruned model's) is an upper

@@ -1,8 +1,8 @@
 """Where a layer's forward + backward spends its time, op by op, against the convolution it replaces.
 
 `python -m bench.profile_layer [--path separable-quadratic] [--size 16] [--threads 1] [--steps 3]
-[--by-shape]`: after a warm-up, torch.profiler records `--steps` forward + backward passes of the path's
-layer (`common.LAYER_PATHS`, the paper's shape) and of the 3x3 `nn.Conv2d`; prints each one's ops by self
+[--by-shape] [--forward-only]`: after a warm-up, torch.profiler records `--steps` forward + backward passes
+(with `--forward-only`, forwards in eval mode under no_grad) of the path's layer (`common.LAYER_PATHS`, the paper's shape) and of the 3x3 `nn.Conv2d`; prints each one's ops by self
 CPU time per pass, in ms and as a fraction of the convolution's whole pass, with calls per pass. The
 profiler itself moves time (on this project's CPU it once put the convolution's pass at 548 ms against 345
 ms unprofiled), so the same passes are first timed without it, interleaved, and that ratio is printed
@@ -44,13 +44,14 @@ def product_flops(op: str, shapes) -> int | None:
     return 2 * math.prod(first) * second[-1]
 
 
-def op_times(module, x, steps: int, by_shape: bool = False) -> tuple[float, list[tuple]]:
+def op_times(module, x, steps: int, by_shape: bool = False,
+             forward_only: bool = False) -> tuple[float, list[tuple]]:
     """(total ms per pass, [(op, self CPU ms per pass, calls per pass, GFLOP/s or None)] slowest first);
     by_shape: one row per op and set of input shapes, the shapes in the op's name."""
-    common.forward_backward(module, x)  # warm-up: caches, allocator, oneDNN primitives
+    common.layer_pass(module, x, forward_only)  # warm-up: caches, allocator, oneDNN primitives
     with profile(activities=[ProfilerActivity.CPU], record_shapes=by_shape) as prof:
         for _ in range(steps):
-            common.forward_backward(module, x)
+            common.layer_pass(module, x, forward_only)
     ops = []
     for e in prof.key_averages(group_by_input_shape=by_shape):
         if e.self_cpu_time_total <= 0:
@@ -63,13 +64,13 @@ def op_times(module, x, steps: int, by_shape: bool = False) -> tuple[float, list
     return sum(op[1] for op in ops), ops
 
 
-def unprofiled_ms(modules, x, steps: int) -> list[float]:
+def unprofiled_ms(modules, x, steps: int, forward_only: bool = False) -> list[float]:
     """Median wall-clock ms per pass of each module, rounds interleaved, no profiler."""
     times = [[] for _ in modules]
     for _ in range(steps):
         for module, record in zip(modules, times):
             start = time.perf_counter()
-            common.forward_backward(module, x)
+            common.layer_pass(module, x, forward_only)
             record.append((time.perf_counter() - start) * 1e3)
     return [statistics.median(t) for t in times]
 
@@ -84,19 +85,23 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=12, help="ops listed per module (default: %(default)s)")
     parser.add_argument("--by-shape", action="store_true",
                         help="one row per op and input shapes, with the matrix products' GFLOP/s")
+    parser.add_argument("--forward-only", action="store_true",
+                        help="profile the forward alone, in eval mode under no_grad (default: forward + backward)")
     args = parser.parse_args(argv)
     if args.path not in common.LAYER_PATHS or args.path == "conv":
         parser.error(f"--path: {args.path!r} is not one of {', '.join(common.LAYER_PATHS[1:])}")
     if args.size < 3 or args.threads < 1 or args.steps < 1 or args.top < 1:
         parser.error("--size must be >= 3, --threads, --steps and --top >= 1")
     with common.intra_op_threads(args.threads):
-        x = common.layer_input(args.size, "cpu", requires_grad=True)
-        conv, path = common.layer("conv", args.size, "cpu"), common.layer(args.path, args.size, "cpu")
-        conv_ms, conv_ops = op_times(conv, x, args.steps, args.by_shape)
-        path_ms, path_ops = op_times(path, x, args.steps, args.by_shape)
-        plain_conv, plain_path = unprofiled_ms((conv, path), x, args.steps)
+        training = not args.forward_only
+        x = common.layer_input(args.size, "cpu", requires_grad=training)
+        conv, path = (common.layer(p, args.size, "cpu").train(training) for p in ("conv", args.path))
+        conv_ms, conv_ops = op_times(conv, x, args.steps, args.by_shape, args.forward_only)
+        path_ms, path_ops = op_times(path, x, args.steps, args.by_shape, args.forward_only)
+        plain_conv, plain_path = unprofiled_ms((conv, path), x, args.steps, args.forward_only)
+    timed = "forward (eval, no_grad)" if args.forward_only else "forward + backward"
     print(common.header(f"threads {args.threads}", f"({args.path} and conv, {args.size}x{args.size} tokens, "
-                        f"batch {x.shape[0]}, forward + backward, {args.steps} passes each)"))
+                        f"batch {x.shape[0]}, {timed}, {args.steps} passes each)"))
     print(f"\nunprofiled (wall clock, median): {args.path} {plain_path:.1f} ms = {plain_path / plain_conv:.2f} x "
           f"conv ({plain_conv:.1f} ms)")
     print(f"profiled (sum of self CPU times): {args.path} {path_ms:.1f} ms = {path_ms / conv_ms:.2f} x conv "

@@ -280,6 +280,17 @@ def test_profile_layer_lists_the_ops_of_both(tiny, capsys):
         profile_layer.main(["--path", "conv"])
 
 
+def test_profile_layer_forward_only_profiles_no_backward(tiny, capsys):
+    from bench import profile_layer
+
+    assert profile_layer.main(["--size", "4", "--steps", "1", "--top", "40", "--forward-only"]) == 0
+    out = capsys.readouterr().out
+    assert "forward (eval, no_grad)" in out
+    listed = [line for line in out.splitlines() if line.startswith("| aten::")]
+    assert any("mkldnn_convolution" in line for line in listed)
+    assert not any("backward" in line.lower() for line in listed)
+
+
 def test_content_reference_computes_the_learned_content_layer(tiny):
     """The plain content + position formula (the fused kernels' reference) gives the layer's output."""
     fused = common.layer("learned-content", 6, "cpu")
@@ -308,10 +319,32 @@ def test_ratios_report_each_round_and_the_fastest_rounds(tiny, monkeypatch):
     from bench import ratios
 
     times = iter([2.0, 3.0, 1.0, 4.0])  # round 1: conv 2, ours 3; round 2: conv 1, ours 4
-    monkeypatch.setattr(ratios, "_wall", lambda module, x, min_run_time, precision="float32": next(times))
+    monkeypatch.setattr(ratios, "_wall", lambda module, x, min_run_time, precision="float32", forward_only=False:
+                        next(times))
     (row,) = ratios.measure(["separable-quadratic"], [4], rounds=2, min_run_time=0.01, cpu_time=False)
     assert (row["low"], row["high"], row["ratio"]) == (1.5, 4.0, 2.75)
     assert row["fastest_ratio"] == 3.0
+
+
+def test_ratios_forward_only_times_the_eval_forward_without_gradients(tiny, capsys):
+    """`--forward-only`: each side's forward in eval mode under no_grad, so that no parameter gets a gradient
+    and no graph is built; the header says which pass was timed."""
+    from bench import ratios
+
+    assert ratios.main(["--sizes", "4", "--rounds", "1", "--min-run-time", "0.01", "--threads", "1",
+                        "--paths", "separable-quadratic", "--forward-only"]) == 0
+    out = capsys.readouterr().out
+    assert "forward (eval, no_grad)" in out and "forward + backward" not in out
+    row = next(line for line in out.splitlines() if line.startswith("| separable-quadratic |"))
+    assert float(row.strip("|").split("|")[3]) > 0
+    for path in ("conv", "separable-quadratic"):
+        module = common.layer(path, 4, "cpu")
+        for p in module.parameters():
+            p.grad = None
+        common.layer_pass(module.eval(), common.layer_input(4, "cpu"), forward_only=True)
+        assert all(p.grad is None for p in module.parameters())
+        common.layer_pass(module.train(), common.layer_input(4, "cpu", requires_grad=True))
+        assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
 
 
 def test_throughput_projects_every_paper_run(tiny, capsys):
