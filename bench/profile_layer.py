@@ -2,14 +2,15 @@
 
 `python -m bench.profile_layer [--path separable-quadratic] [--size 16] [--threads 1] [--steps 3]
 [--by-shape] [--forward-only]`: after a warm-up, torch.profiler records `--steps` forward + backward passes
-(with `--forward-only`, forwards in eval mode under no_grad) of the path's layer (`common.LAYER_PATHS`,
-the paper's shape) and of the 3x3 `nn.Conv2d`; prints each one's ops by self CPU time per pass, in ms
-and as a fraction of the convolution's whole pass, with calls per pass. The profiler itself moves time (on
-this project's CPU it once put the convolution's pass at 548 ms against 345 ms unprofiled), so the same
-passes are first timed without it, interleaved, and that ratio is printed above the tables: it is the
-figure to quote; the tables say where the time goes. The GEMMs are `aten::mkldnn_convolution` (oneDNN:
-forward, and the projections where oneDNN is the backend) or `aten::mm` / `aten::addmm_` (BLAS), and `aten::convolution_backward` (the convolution's weight and input
-gradients); the small passes are `aten::bmm` / `aten::baddbmm_`; layout changes are `aten::copy_`.
+(with `--forward-only`, forwards in eval mode under no_grad) of the path's layer (`common.LAYER_PATHS`, the
+paper's shape) and of the 3x3 `nn.Conv2d`; prints each one's ops by self CPU time per pass, in ms and as a
+fraction of the convolution's whole pass, with calls per pass. The profiler itself moves time (on this
+project's CPU it once put the convolution's pass at 548 ms against 345 ms unprofiled), so the same passes
+are first timed without it, interleaved, and that ratio is printed above the tables: it is the figure to
+quote; the tables say where the time goes. The GEMMs are `aten::mkldnn_convolution` (oneDNN: forward, and
+the projections where oneDNN is the backend) or `aten::mm` / `aten::addmm_` (BLAS), and
+`aten::convolution_backward` (the convolution's weight and input gradients); the small passes are
+`aten::bmm` / `aten::baddbmm_`; layout changes are `aten::copy_`.
 
 `--by-shape` lists each op once per set of input shapes instead, and gives the matrix products' rate
 (GFLOP/s, from their shapes): which product of which size is slow, e.g. a pass over a grid axis against
