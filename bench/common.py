@@ -227,6 +227,11 @@ def forward_backward(module: nn.Module, x: torch.Tensor) -> None:
     module(x).sum().backward()
 
 
+def pass_name(forward_only: bool) -> str:
+    """What `layer_pass` times, for the tables' headers."""
+    return "forward (eval, no_grad)" if forward_only else "forward + backward"
+
+
 def layer_pass(module: nn.Module, x: torch.Tensor, forward_only: bool = False) -> None:
     """The pass the layer benchmarks time: `forward_backward`, or with forward_only the forward alone under
     no_grad (put the module in eval mode first, where the positional probabilities are cached)."""

@@ -100,9 +100,8 @@ def main(argv=None) -> int:
         conv_ms, conv_ops = op_times(conv, x, args.steps, args.by_shape, args.forward_only)
         path_ms, path_ops = op_times(path, x, args.steps, args.by_shape, args.forward_only)
         plain_conv, plain_path = unprofiled_ms((conv, path), x, args.steps, args.forward_only)
-    timed = "forward (eval, no_grad)" if args.forward_only else "forward + backward"
     print(common.header(f"threads {args.threads}", f"({args.path} and conv, {args.size}x{args.size} tokens, "
-                        f"batch {x.shape[0]}, {timed}, {args.steps} passes each)"))
+                        f"batch {x.shape[0]}, {common.pass_name(args.forward_only)}, {args.steps} passes each)"))
     print(f"\nunprofiled (wall clock, median): {args.path} {plain_path:.1f} ms = {plain_path / plain_conv:.2f} x "
           f"conv ({plain_conv:.1f} ms)")
     print(f"profiled (sum of self CPU times): {args.path} {path_ms:.1f} ms = {path_ms / conv_ms:.2f} x conv "

@@ -3,8 +3,8 @@
 Every path of `common.LAYER_PATHS` asked for, forward + backward on the paper's shape (400 channels, 9
 heads, batch 16, CPU), or with `--forward-only` the forward alone in eval mode under no_grad (where the
 positional probabilities are cached), timed with torch.utils.benchmark.Timer (blocked_autorange medians)
-in interleaved rounds (conv, path, conv, path, ...) so that a change in the machine's load hits both; the ratio of each
-round is ours / conv of that round, and the table gives the median ratio over the rounds and its range,
+in interleaved rounds (conv, path, conv, path, ...) so that a change in the machine's load hits both; the
+ratio of each round is ours / conv of that round, and the table gives the median ratio over the rounds and its range,
 and the ratio of the two fastest rounds (each side's minimum over the rounds: on a machine whose
 neighbours come and go, what they add is only ever added time, so the minima are the least disturbed).
 `--cpu-time` adds the same ratio in thread CPU time (time.thread_time, one thread only), which a shared,
@@ -123,8 +123,7 @@ def main(argv=None) -> int:
     where = (torch.cuda.get_device_name() if args.device == "cuda" else
              f"{platform.processor() or platform.machine()}  {os.cpu_count()} CPUs  threads {args.threads}")
     print(common.header(where, f"(batch {common.LAYER_BATCH[args.device]}, {common.CHANNELS} channels, "
-                               f"{common.HEADS} heads, {args.precision}, "
-                               f"{'forward (eval, no_grad)' if args.forward_only else 'forward + backward'})"))
+                               f"{common.HEADS} heads, {args.precision}, {common.pass_name(args.forward_only)})"))
     rows = measure(paths, sizes, args.rounds, args.min_run_time, args.cpu_time, args.device, args.precision,
                    args.forward_only)
     header = "| path | tokens | conv (ms, median) | ours / conv (median of rounds) | range | fastest / fastest |"

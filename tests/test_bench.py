@@ -319,24 +319,42 @@ def test_ratios_report_each_round_and_the_fastest_rounds(tiny, monkeypatch):
     from bench import ratios
 
     times = iter([2.0, 3.0, 1.0, 4.0])  # round 1: conv 2, ours 3; round 2: conv 1, ours 4
-    monkeypatch.setattr(ratios, "_wall", lambda module, x, min_run_time, precision="float32", forward_only=False:
-                        next(times))
+    monkeypatch.setattr(ratios, "_wall", lambda *args, **kwargs: next(times))
     (row,) = ratios.measure(["separable-quadratic"], [4], rounds=2, min_run_time=0.01, cpu_time=False)
     assert (row["low"], row["high"], row["ratio"]) == (1.5, 4.0, 2.75)
     assert row["fastest_ratio"] == 3.0
 
 
-def test_ratios_forward_only_times_the_eval_forward_without_gradients(tiny, capsys):
-    """`--forward-only`: each side's forward in eval mode under no_grad, so that no parameter gets a gradient
-    and no graph is built; the header says which pass was timed."""
+def test_ratios_forward_only_times_the_eval_forward_without_gradients(tiny, capsys, monkeypatch):
+    """`--forward-only`: each side's forward in eval mode under no_grad, never a backward, so that no
+    parameter gets a gradient and no graph is built; the header says which pass was timed."""
     from bench import ratios
 
+    forwards, hooks = [], []  # (training, grad enabled) of every forward timed; the hooks recording them
+    original_layer, original_forward_backward = common.layer, common.forward_backward
+
+    def recording_layer(*args, **kwargs):
+        module = original_layer(*args, **kwargs)
+        hooks.append(module.register_forward_hook(
+            lambda m, i, o: forwards.append((m.training, torch.is_grad_enabled()))))
+        return module
+
+    def no_backward(module, x):
+        raise AssertionError("--forward-only ran a forward + backward")
+
+    monkeypatch.setattr(common, "layer", recording_layer)
+    monkeypatch.setattr(common, "forward_backward", no_backward)
     assert ratios.main(["--sizes", "4", "--rounds", "1", "--min-run-time", "0.01", "--threads", "1",
                         "--paths", "separable-quadratic", "--forward-only"]) == 0
     out = capsys.readouterr().out
     assert "forward (eval, no_grad)" in out and "forward + backward" not in out
     row = next(line for line in out.splitlines() if line.startswith("| separable-quadratic |"))
     assert float(row.strip("|").split("|")[3]) > 0
+    assert forwards and set(forwards) == {(False, False)}
+    for hook in hooks:
+        hook.remove()
+    monkeypatch.setattr(common, "layer", original_layer)
+    monkeypatch.setattr(common, "forward_backward", original_forward_backward)
     for path in ("conv", "separable-quadratic"):
         module = common.layer(path, 4, "cpu")
         for p in module.parameters():
