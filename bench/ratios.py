@@ -4,8 +4,8 @@ Every path of `common.LAYER_PATHS` asked for, forward + backward on the paper's 
 heads, batch 16, CPU), or with `--forward-only` the forward alone in eval mode under no_grad (where the
 positional probabilities are cached), timed with torch.utils.benchmark.Timer (blocked_autorange medians)
 in interleaved rounds (conv, path, conv, path, ...) so that a change in the machine's load hits both; the
-ratio of each round is ours / conv of that round, and the table gives the median ratio over the rounds and its range,
-and the ratio of the two fastest rounds (each side's minimum over the rounds: on a machine whose
+ratio of each round is ours / conv of that round, and the table gives the median ratio over the rounds and
+its range, and the ratio of the two fastest rounds (each side's minimum over the rounds: on a machine whose
 neighbours come and go, what they add is only ever added time, so the minima are the least disturbed).
 `--cpu-time` adds the same ratio in thread CPU time (time.thread_time, one thread only), which a shared,
 loaded machine disturbs far less than wall time.

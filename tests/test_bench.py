@@ -356,7 +356,7 @@ def test_ratios_forward_only_times_the_eval_forward_without_gradients(tiny, caps
     monkeypatch.setattr(common, "layer", original_layer)
     monkeypatch.setattr(common, "forward_backward", original_forward_backward)
     for path in ("conv", "separable-quadratic"):
-        module = common.layer(path, 4, "cpu")
+        module = common.layer(path, 4, "cpu")  # cached (common._cpu_layer): clear what earlier passes left
         for p in module.parameters():
             p.grad = None
         common.layer_pass(module.eval(), common.layer_input(4, "cpu"), forward_only=True)
