@@ -330,13 +330,12 @@ def test_ratios_forward_only_times_the_eval_forward_without_gradients(tiny, caps
     parameter gets a gradient and no graph is built; the header says which pass was timed."""
     from bench import ratios
 
-    forwards, hooks = [], []  # (training, grad enabled) of every forward timed; the hooks recording them
-    original_layer, original_forward_backward = common.layer, common.forward_backward
+    forwards = []  # (training, grad enabled) of every forward timed
+    original_layer = common.layer
 
     def recording_layer(*args, **kwargs):
-        module = original_layer(*args, **kwargs)
-        hooks.append(module.register_forward_hook(
-            lambda m, i, o: forwards.append((m.training, torch.is_grad_enabled()))))
+        module = original_layer(*args, **kwargs)  # cached only until `tiny` clears the cache, hook and all
+        module.register_forward_hook(lambda m, i, o: forwards.append((m.training, torch.is_grad_enabled())))
         return module
 
     def no_backward(module, x):
@@ -351,18 +350,16 @@ def test_ratios_forward_only_times_the_eval_forward_without_gradients(tiny, caps
     row = next(line for line in out.splitlines() if line.startswith("| separable-quadratic |"))
     assert float(row.strip("|").split("|")[3]) > 0
     assert forwards and set(forwards) == {(False, False)}
-    for hook in hooks:
-        hook.remove()
-    monkeypatch.setattr(common, "layer", original_layer)
-    monkeypatch.setattr(common, "forward_backward", original_forward_backward)
-    for path in ("conv", "separable-quadratic"):
-        module = common.layer(path, 4, "cpu")  # cached (common._cpu_layer): clear what earlier passes left
-        for p in module.parameters():
-            p.grad = None
-        common.layer_pass(module.eval(), common.layer_input(4, "cpu"), forward_only=True)
-        assert all(p.grad is None for p in module.parameters())
-        common.layer_pass(module.train(), common.layer_input(4, "cpu", requires_grad=True))
-        assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("path", ["conv", "separable-quadratic"])
+def test_layer_pass_forward_only_leaves_no_gradient(tiny, path):
+    """`common.layer_pass`: forward_only gives no parameter a gradient; the default pass gives every one."""
+    module = common.layer(path, 4, "cpu")
+    common.layer_pass(module.eval(), common.layer_input(4, "cpu"), forward_only=True)
+    assert all(p.grad is None for p in module.parameters())
+    common.layer_pass(module.train(), common.layer_input(4, "cpu", requires_grad=True))
+    assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
 
 
 def test_throughput_projects_every_paper_run(tiny, capsys):
