@@ -4,7 +4,7 @@
 # record `asv run -E existing --set-commit-hash <hash>` under this checkout's bench/results/<machine>/.
 #
 #   bench/run_commits.sh [RANGE] [extra asv run arguments...]
-#   bench/run_commits.sh main~10..main --bench LayerRatio
+#   bench/run_commits.sh main~10..main --bench LayerRatio --launch-method spawn   # as `make bench` records it
 #   PYTHON=/path/to/python MACHINE=h100 bench/run_commits.sh HEAD~3..HEAD
 #
 # RANGE defaults to the last 10 commits of main (oldest first). The benchmark code is this checkout's
