@@ -44,13 +44,14 @@ bench-check: setup
 		--dry-run --show-stderr 2>&1 | tee .asv-check.log
 	@! grep -E " failed$$|Traceback" .asv-check.log
 
+ASV_RECORD_HEAD = $(VENV)/bin/asv run --environment existing:$(abspath $(PY)) --set-commit-hash $$(git rev-parse HEAD)
+
 ## Record this machine's benchmarks of HEAD into the committed history (bench/results/), then draw the HTML.
 ## LayerRatio (the issue's layer target) is then recorded again in fresh interpreters: under asv's fork
 ## server, whose millisecond polling competes for the cores, it reads high on small machines (asv.conf.json).
 bench: setup
-	$(VENV)/bin/asv run --environment existing:$(abspath $(PY)) --set-commit-hash $$(git rev-parse HEAD)
-	$(VENV)/bin/asv run --environment existing:$(abspath $(PY)) --set-commit-hash $$(git rev-parse HEAD) \
-		--launch-method spawn --bench LayerRatio
+	$(ASV_RECORD_HEAD)
+	$(ASV_RECORD_HEAD) --launch-method spawn --bench LayerRatio
 	$(VENV)/bin/asv publish
 
 clean:
